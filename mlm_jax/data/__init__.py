@@ -1,0 +1,1 @@
+"""Corpora, tokenized and packed examples, and the host-side loader."""
