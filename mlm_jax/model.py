@@ -1,0 +1,256 @@
+"""A BERT encoder and its MLM head in Flax (linen).
+
+Parameter names follow Hugging Face's BertModel one-to-one where the layout
+allows (embeddings/word_embeddings, .../LayerNorm, attention, intermediate,
+output), so that import/export is a table of renames and reshapes. Two
+deliberate differences, both cheap to map: Q, K and V are one fused kernel
+[hidden, 3, heads, head_dim] (one matmul instead of three), and under
+`scan_layers` the layer parameters are stacked on a leading [num_layers] axis
+(one compiled layer instead of N).
+
+The MLM head runs only at the selected positions: hidden states are gathered
+to [B, P, H] before the dense transform and the vocabulary projection, which
+dominate the cost of small models when applied to all L positions.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mlm_jax import tokenizer as tok
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """Static model hyper-parameters (hashable, so modules can hold it)."""
+  vocab_size: int
+  num_layers: int
+  hidden_size: int
+  num_heads: int
+  intermediate_size: int
+  max_positions: int = 512
+  type_vocab_size: int = 2
+  dropout: float = 0.1
+  attention_dropout: float = 0.1
+  pre_layer_norm: bool = False
+  layer_norm_eps: float = 1e-12
+  init_std: float = 0.02
+  dtype: str = "float32"
+  scan_layers: bool = True
+  remat: str = "none"
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> EncoderConfig:
+    """Builds it from a run config (`config.model` plus `config.vocab_size`)."""
+    m = config.model
+    return cls(
+        vocab_size=config.vocab_size, num_layers=m.num_layers,
+        hidden_size=m.hidden_size, num_heads=m.num_heads,
+        intermediate_size=m.intermediate_size, max_positions=m.max_positions,
+        type_vocab_size=m.type_vocab_size, dropout=m.dropout,
+        attention_dropout=m.attention_dropout,
+        pre_layer_norm=m.pre_layer_norm, layer_norm_eps=m.layer_norm_eps,
+        init_std=m.init_std, dtype=m.dtype, scan_layers=m.scan_layers,
+        remat=m.remat)
+
+  @property
+  def compute_dtype(self) -> Any:
+    return jnp.dtype(self.dtype)
+
+
+def _dense(cfg: EncoderConfig, features, name: str, axis=-1) -> nn.Module:
+  return nn.DenseGeneral(
+      features, axis=axis, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+      kernel_init=nn.initializers.truncated_normal(cfg.init_std), name=name)
+
+
+def _layer_norm(cfg: EncoderConfig, name: str) -> nn.Module:
+  return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+                      param_dtype=jnp.float32, name=name)
+
+
+def attention_bias(tokens: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """Additive attention bias that hides padding keys.
+
+  Args:
+    tokens: [B, L] int token ids; [PAD] keys are masked out.
+  Returns:
+    [B, 1, 1, L] array: 0 where a key may be attended to, a large negative
+    number where it may not.
+  """
+  keep = tokens != tok.PAD_ID
+  return jnp.where(keep, 0.0, jnp.finfo(dtype).min)[:, None, None, :].astype(
+      dtype)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with a fused QKV projection."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool):
+    cfg = self.cfg
+    head_dim = cfg.hidden_size // cfg.num_heads
+    qkv = _dense(cfg, (3, cfg.num_heads, head_dim), "qkv")(x)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, N, D] each
+    q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
+    # Softmax in float32 whatever the compute dtype.
+    logits = jnp.einsum("bqnd,bknd->bnqk", q, k,
+                        preferred_element_type=jnp.float32) + bias
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic).astype(
+        v.dtype)
+    out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
+    return _dense(cfg, cfg.hidden_size, "output", axis=(-2, -1))(out)
+
+
+class TransformerLayer(nn.Module):
+  """One encoder layer: attention and feed-forward, each with a residual.
+
+  Post-LN (BERT): x = LN(x + f(x)). Pre-LN: x = x + f(LN(x)).
+  """
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool):
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout)
+
+    def block(x, fn, norm_name):
+      if cfg.pre_layer_norm:
+        return x + drop(fn(_layer_norm(cfg, norm_name)(x)), deterministic)
+      return _layer_norm(cfg, norm_name)(x + drop(fn(x), deterministic))
+
+    x = block(x, lambda h: SelfAttention(cfg, name="attention")(
+        h, bias, deterministic), "attention_norm")
+
+    def feed_forward(h):
+      h = _dense(cfg, cfg.intermediate_size, "intermediate")(h)
+      return _dense(cfg, cfg.hidden_size, "output")(nn.gelu(h, approximate=False))
+
+    return block(x, feed_forward, "output_norm")
+
+
+class _ScannedLayer(nn.Module):
+  """Adapts TransformerLayer to nn.scan's (carry, x) -> (carry, y) form."""
+  cfg: EncoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, bias):
+    return TransformerLayer(self.cfg, name="layer")(
+        x, bias, self.deterministic), None
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class TransformerStack(nn.Module):
+  """The N layers: one scanned layer with stacked parameters, or a loop."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, bias, deterministic: bool):
+    cfg = self.cfg
+    if cfg.scan_layers:
+      layer_cls = _ScannedLayer
+      if cfg.remat != "none":
+        layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat],
+                             prevent_cse=False)
+      stack = nn.scan(layer_cls, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=nn.broadcast, length=cfg.num_layers)
+      x, _ = stack(cfg, deterministic, name="layers")(x, bias)
+      return x
+    layer_cls = TransformerLayer
+    if cfg.remat != "none":
+      layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat],
+                           static_argnums=(3,))
+    for i in range(cfg.num_layers):
+      x = layer_cls(cfg, name=f"layer_{i}")(x, bias, deterministic)
+    return x
+
+
+class Encoder(nn.Module):
+  """Embeddings and the stack of Transformer layers.
+
+  Returns hidden states [B, L, H] for tokens [B, L] with segment ids and
+  positions [B, L].
+  """
+  cfg: EncoderConfig
+
+  def setup(self):
+    cfg = self.cfg
+    init = nn.initializers.truncated_normal(cfg.init_std)
+    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init,
+                                     dtype=cfg.compute_dtype,
+                                     param_dtype=jnp.float32, name=name)
+    self.word_embeddings = embed(cfg.vocab_size, "word_embeddings")
+    self.position_embeddings = embed(cfg.max_positions, "position_embeddings")
+    self.token_type_embeddings = embed(cfg.type_vocab_size,
+                                       "token_type_embeddings")
+    self.embedding_norm = _layer_norm(cfg, "embeddings_LayerNorm")
+    self.embedding_dropout = nn.Dropout(cfg.dropout)
+    self.stack = TransformerStack(cfg, name="encoder")
+    self.final_norm = (_layer_norm(cfg, "final_LayerNorm")
+                       if cfg.pre_layer_norm else None)
+
+  def __call__(self, tokens, segment_ids, positions, *, deterministic: bool):
+    cfg = self.cfg
+    x = (self.word_embeddings(tokens) + self.position_embeddings(positions)
+         + self.token_type_embeddings(segment_ids))
+    x = self.embedding_norm(x.astype(cfg.compute_dtype))
+    x = self.embedding_dropout(x, deterministic)
+    x = self.stack(x, attention_bias(tokens), deterministic)
+    if self.final_norm is not None:
+      x = self.final_norm(x)
+    return x
+
+  def attend(self, h):
+    """Projects [..., H] onto the (tied) vocabulary: [..., V] float32 logits.
+
+    Accumulates in float32 even under bfloat16 compute: logits of large
+    magnitude would otherwise lose the precision the softmax needs.
+    """
+    table = self.word_embeddings.embedding.astype(h.dtype)
+    return jnp.einsum("...h,vh->...v", h, table,
+                      preferred_element_type=jnp.float32)
+
+
+class BertForMaskedLM(nn.Module):
+  """Encoder plus the BERT MLM head, evaluated at selected positions only."""
+  cfg: EncoderConfig
+
+  def setup(self):
+    self.bert = Encoder(self.cfg)
+    self.transform = _dense(self.cfg, self.cfg.hidden_size, "transform")
+    self.transform_norm = _layer_norm(self.cfg, "transform_LayerNorm")
+    self.output_bias = self.param("output_bias", nn.initializers.zeros,
+                                  (self.cfg.vocab_size,), jnp.float32)
+
+  def __call__(self, tokens, segment_ids, positions, mask_positions, *,
+               deterministic: bool = True):
+    """MLM logits at the selected positions.
+
+    Args:
+      tokens: [B, L] int32 (already masked) input ids.
+      segment_ids: [B, L] int32 token-type ids.
+      positions: [B, L] int32 position ids.
+      mask_positions: [B, P] int32 positions to predict.
+      deterministic: disables dropout when True.
+    Returns:
+      [B, P, V] float32 logits.
+    """
+    hidden = self.bert(tokens, segment_ids, positions,
+                       deterministic=deterministic)
+    h = jnp.take_along_axis(hidden, mask_positions[..., None], axis=1)
+    h = self.transform_norm(nn.gelu(self.transform(h), approximate=False))
+    return self.bert.attend(h) + self.output_bias

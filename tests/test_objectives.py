@@ -1,0 +1,160 @@
+"""MLM metrics: exact sums against numpy, weight-0 slots ignored (values and
+gradients), and the loss of the real tiny model at initialisation."""
+import functools
+import importlib.util
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlm_jax import masking
+from mlm_jax import model as model_lib
+from mlm_jax import objectives
+from mlm_jax import tokenizer as tok
+
+B, P, V = 3, 5, 11
+
+
+def _bert_config(arg):
+  """configs/bert.py:get_config(arg), loaded by path as the launcher does."""
+  path = pathlib.Path(__file__).parents[1] / "configs" / "bert.py"
+  spec = importlib.util.spec_from_file_location("bert_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _inputs(seed=0, scale=3.0):
+  rng = np.random.default_rng(seed)
+  logits = (rng.normal(size=(B, P, V)) * scale).astype(np.float32)
+  labels = rng.integers(0, V, size=(B, P)).astype(np.int32)
+  weights = np.ones((B, P), np.float32)
+  weights[0, 3:] = 0.0
+  weights[2, 1] = 0.0
+  return logits, labels, weights
+
+
+def _numpy_metrics(logits, labels, weights):
+  x = logits.astype(np.float64)
+  m = x.max(-1, keepdims=True)
+  log_p = x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(log_p, labels[..., None], -1)[..., 0]
+  correct = x.argmax(-1) == labels
+  return {"mlm_loss_sum": (nll * weights).sum(),
+          "mlm_correct_sum": (correct * weights).sum(),
+          "mlm_count": weights.sum()}
+
+
+@functools.lru_cache(maxsize=None)
+def _metrics_fn():
+  return jax.jit(objectives.mlm_metrics)
+
+
+def _metrics(logits, labels, weights):
+  return {k: float(v) for k, v in _metrics_fn()(logits, labels,
+                                                  weights).items()}
+
+
+def test_matches_numpy():
+  logits, labels, weights = _inputs()
+  # Make some predictions right so the accuracy sum is not trivially 0.
+  labels[1] = logits[1].argmax(-1)
+  got, want = _metrics(logits, labels, weights), _numpy_metrics(
+      logits, labels, weights)
+  assert set(got) == set(want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+  assert want["mlm_correct_sum"] >= P  # row 1 is all correct
+  for v in _metrics_fn()(logits, labels, weights).values():
+    assert v.shape == () and v.dtype == jnp.float32
+
+
+def test_large_logits_are_stable():
+  # A naive log(sum(exp(x))) overflows float32 above ~88.
+  logits, labels, weights = _inputs(seed=1, scale=1e3)
+  got, want = _metrics(logits, labels, weights), _numpy_metrics(
+      logits, labels, weights)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+
+
+def test_bfloat16_logits_are_summed_in_float32():
+  logits, labels, weights = _inputs(seed=2)
+  logits16 = jnp.asarray(logits, jnp.bfloat16)
+  got = _metrics(logits16, labels, weights)
+  want = _numpy_metrics(np.asarray(logits16, np.float32), labels, weights)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+
+
+def test_weight_zero_slots_are_ignored():
+  logits, labels, weights = _inputs(seed=3)
+  base = _metrics(logits, labels, weights)
+  unused = weights == 0
+  logits2, labels2 = logits.copy(), labels.copy()
+  logits2[unused] = np.random.default_rng(9).normal(
+      size=(unused.sum(), V)) * 50
+  labels2[unused] = (labels[unused] + 1) % V
+  assert _metrics(logits2, labels2, weights) == base
+  zero = _metrics(logits, labels, np.zeros_like(weights))
+  assert zero == {"mlm_loss_sum": 0.0, "mlm_correct_sum": 0.0,
+                  "mlm_count": 0.0}
+
+
+def test_gradient_is_zero_at_unused_slots():
+  logits, labels, weights = _inputs(seed=4)
+  grad = np.asarray(jax.jit(jax.grad(
+      lambda x: objectives.mlm_metrics(x, labels, weights)["mlm_loss_sum"]))(
+          logits))
+  assert np.all(grad[weights == 0] == 0.0)
+  # At used slots it is softmax - one_hot (times the weight, here 1).
+  x = logits.astype(np.float64)
+  softmax = np.exp(x - x.max(-1, keepdims=True))
+  softmax /= softmax.sum(-1, keepdims=True)
+  expected = (softmax - np.eye(V)[labels]) * weights[..., None]
+  np.testing.assert_allclose(grad, expected, atol=1e-6)
+
+
+def test_initial_loss_of_tiny_model_is_about_log_vocab():
+  """At init, the logits are ~N(0, s^2) with s = ||h|| * std(E) (h leaves a
+  LayerNorm with unit scale, so ||h|| = sqrt(H)), i.e. s = sqrt(128) * 0.02 *
+  0.88 (truncation) = 0.2. For iid N(0, s^2) logits the expected loss is
+  log(V) + s^2 / 2 = log(V) + 0.02, and the standard error of a mean over
+  the 33 predictions below is about s / sqrt(33) = 0.035. A tolerance of 0.15 nats covers both with room
+  to spare, while a wrong init scale, a missing LayerNorm or an untied,
+  unscaled projection puts the loss well above (s = 1 already adds 0.5).
+  """
+  config = _bert_config("size=tiny,runlocal")
+  cfg = model_lib.EncoderConfig.from_config(config)
+  model = model_lib.BertForMaskedLM(cfg)
+  batch, length, budget = 4, 64, 16
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(tok.NUM_SPECIAL_TOKENS, cfg.vocab_size,
+                        size=(batch, length)).astype(np.int32)
+  tokens[:, 0], tokens[:, -1] = tok.CLS_ID, tok.SEP_ID
+  tokens[1, 40:] = tok.PAD_ID
+  positions = np.broadcast_to(np.arange(length, dtype=np.int32),
+                              (batch, length))
+
+  # LLVM -O0: compiles much faster, same HLO semantics (see test_model.py).
+  @functools.partial(
+      jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+  def init_loss(tokens):
+    keys = masking.example_keys(0, masking.TRAIN_MASK_STREAM,
+                                jnp.arange(batch, dtype=jnp.uint32))
+    masked = masking.mask_tokens(keys, tokens, max_predictions=budget,
+                                 vocab_size=cfg.vocab_size)
+    segments = jnp.zeros_like(tokens)
+    params = model.init(jax.random.key(0), masked.inputs, segments,
+                        positions, masked.positions)["params"]
+    logits = model.apply({"params": params}, masked.inputs, segments,
+                         positions, masked.positions)
+    return objectives.mlm_metrics(logits, masked.labels, masked.weights)
+
+  metrics = {k: float(v) for k, v in init_loss(tokens).items()}
+  # round(0.15 * 62) = 9 candidates selected per full row, 6 of 38 in row 1.
+  assert metrics["mlm_count"] == 3 * 9 + 6
+  mean_loss = metrics["mlm_loss_sum"] / metrics["mlm_count"]
+  assert abs(mean_loss - math.log(cfg.vocab_size)) < 0.15, mean_loss
