@@ -1,0 +1,152 @@
+"""One step, three layouts: 1 device, pmap on 4, jit over a 4-device mesh.
+
+For the same global batches they must give the same loss curve (up to float
+reduction order), because masks follow example ids and the loss is a global
+sum over a global count.
+"""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from mlm_jax import model as model_lib
+from mlm_jax import optim
+from mlm_jax import parallel
+from mlm_jax import step as step_lib
+from mlm_jax import tokenizer as tok
+
+import ml_collections
+
+SEQ, BATCH, VOCAB, STEPS = 32, 8, 128, 4
+
+
+def _task(dropout=0.0):
+  cfg = model_lib.EncoderConfig(
+      vocab_size=VOCAB, num_layers=2, hidden_size=32, num_heads=2,
+      intermediate_size=64, max_positions=SEQ, dropout=dropout,
+      attention_dropout=dropout)
+  optim_cfg = ml_collections.ConfigDict(dict(
+      lr=1e-2, warmup_steps=1, decay="linear", end_lr_ratio=0.0,
+      weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, grad_clip=1.0))
+  return step_lib.MLMTask(
+      model=model_lib.BertForMaskedLM(cfg),
+      tx=optim.make_optimizer(optim_cfg, 10), seed=3, vocab_size=VOCAB,
+      max_predictions=6)
+
+
+def _batches():
+  rng = np.random.default_rng(0)
+  out = []
+  for i in range(STEPS):
+    t = rng.integers(tok.NUM_SPECIAL_TOKENS, VOCAB, (BATCH, SEQ)).astype(
+        np.int32)
+    t[:, 0], t[:, -1] = tok.CLS_ID, tok.SEP_ID
+    ends = rng.integers(4, SEQ, BATCH)  # ragged padding, uneven per device
+    for r, e in enumerate(ends):
+      t[r, e] = tok.SEP_ID
+      t[r, e + 1:] = tok.PAD_ID
+    out.append(dict(
+        tokens=t, segment_ids=np.zeros_like(t),
+        positions=np.tile(np.arange(SEQ, dtype=np.int32), (BATCH, 1)),
+        example_id=np.arange(i * BATCH, (i + 1) * BATCH, dtype=np.uint32)))
+  return out
+
+
+def _single_device_curve(task):
+  step = jax.jit(functools.partial(step_lib.train_step, task=task))
+  state = jax.jit(functools.partial(step_lib.init_state, task, SEQ))()
+  losses = []
+  for b in _batches():
+    state, m = step(state, b)
+    losses.append(float(m["mlm_loss_sum"] / m["mlm_count"]))
+  return np.array(losses), state
+
+
+def _curve(par):
+  state, losses = par.init_state(), []
+  for b in _batches():
+    state, m = par.train_step(state, par.put_batch(b))
+    m = par.fetch(m)
+    losses.append(m["mlm_loss_sum"] / m["mlm_count"])
+  return np.array(losses), par.to_global(state)
+
+
+@pytest.fixture(scope="module")
+def reference():
+  return _single_device_curve(_task())
+
+
+@pytest.mark.parametrize("make", [
+    lambda t: parallel.PmapParallel(t, SEQ),
+    lambda t: parallel.MeshParallel(t, SEQ),
+    lambda t: parallel.MeshParallel(t, SEQ, fsdp=2, min_sharded_size=0),
+], ids=["pmap4", "jit4", "jit2x2_fsdp"])
+def test_same_loss_curve_and_params_as_one_device(reference, make):
+  assert jax.device_count() == 4
+  ref_losses, ref_state = reference
+  assert ref_losses[-1] < ref_losses[0]  # it is learning, not a constant
+  losses, state = _curve(make(_task()))
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(state.params),
+                  jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+  assert int(state.step) == STEPS
+
+
+def test_fsdp_shards_large_params_and_keeps_layer_axis_whole():
+  par = parallel.MeshParallel(_task(), SEQ, fsdp=2, min_sharded_size=0)
+  specs = {jax.tree_util.keystr(p): s.spec for p, s in
+           jax.tree_util.tree_leaves_with_path(par.state_sharding.params)}
+  emb = specs["['bert']['word_embeddings']['embedding']"]
+  assert "fsdp" in tuple(emb)
+  stacked = [s for n, s in specs.items() if "['layers']" in n]
+  assert any("fsdp" in tuple(s) for s in stacked)
+  for spec in stacked:  # never shard the scanned [layers] axis
+    assert not len(spec) or spec[0] is None
+  small = parallel.MeshParallel(_task(), SEQ, fsdp=2)  # default threshold
+  assert all(s.spec == jax.sharding.PartitionSpec() for s in
+             jax.tree.leaves(small.state_sharding.params))
+
+
+def test_dropout_under_jit_matches_one_device():
+  # With dropout on, jit over the mesh still computes the global program
+  # (partitionable threefry), so it matches one device exactly.
+  ref, _ = _single_device_curve(_task(dropout=0.2))
+  losses, _ = _curve(parallel.MeshParallel(_task(dropout=0.2), SEQ))
+  np.testing.assert_allclose(losses, ref, rtol=2e-5)
+
+
+def test_no_recompilation_after_first_step():
+  compiles = []
+  listener = lambda event, *a, **k: compiles.append(event) if (
+      event == "/jax/core/compile/backend_compile_duration") else None
+  par = parallel.MeshParallel(_task(), SEQ)
+  state = par.init_state()
+  batches = _batches()
+  state, _ = par.train_step(state, par.put_batch(batches[0]))
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    for b in batches[1:]:  # other contents, other padding, same shapes
+      state, m = par.train_step(state, par.put_batch(b))
+    jax.block_until_ready(m)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == []
+
+
+def test_eval_padding_rows_add_nothing():
+  task = _task()
+  par = parallel.PmapParallel(task, SEQ)
+  state = par.init_state()
+  b = _batches()[0]
+  full = par.fetch(par.eval_step(state, par.put_batch(b)))
+  padded = {k: v.copy() for k, v in b.items()}
+  padded["tokens"][4:] = tok.PAD_ID
+  half = par.fetch(par.eval_step(state, par.put_batch(padded)))
+  first4 = {k: v[:4] for k, v in b.items()}
+  ref = jax.jit(functools.partial(step_lib.eval_step, task=task))(
+      par.to_global(state).params, first4)
+  assert half["mlm_count"] < full["mlm_count"]
+  for k in ("mlm_loss_sum", "mlm_correct_sum", "mlm_count"):
+    np.testing.assert_allclose(half[k], float(ref[k]), rtol=1e-5)
