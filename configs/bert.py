@@ -1,0 +1,152 @@
+"""BERT masked-language-model pre-training.
+
+Variants come from the arg string after the file name:
+  --config configs/bert.py                      # BERT-base, TPU-pod scale
+  --config configs/bert.py:size=large
+  --config configs/bert.py:size=tiny,runlocal   # CPU smoke run, ~2 minutes
+Any field can then be overridden: --config.optim.lr=5e-4.
+"""
+import ml_collections
+
+from mlm_jax import config as config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the config for the variant named by `arg`."""
+  variant = config_lib.parse_arg(arg, size="base", runlocal=False)
+  layers, hidden, heads = config_lib.model_size(variant.size)
+
+  config = ml_collections.ConfigDict()
+  # Seed of parameter init, data order, masks and dropout.
+  config.seed = 0
+  # Tokenizer vocabulary size; also the model's embedding rows.
+  config.vocab_size = 32000
+
+  config.tokenizer = ml_collections.ConfigDict()
+  # An existing SentencePiece model file; empty: train one on the corpus.
+  config.tokenizer.path = ""
+  # SentencePiece algorithm when training: 'unigram' or 'bpe'.
+  config.tokenizer.model_type = "unigram"
+  # Cap on the lines fed to SentencePiece training (subsampled evenly).
+  config.tokenizer.max_sentences = 2_000_000
+
+  config.data = ml_collections.ConfigDict()
+  # Corpus name; 'offline' is built from Python docstrings, no network.
+  config.data.corpus = "offline"
+  # Where prepared corpora, tokenizers and packed examples are cached.
+  config.data.cache_dir = "~/.cache/mlm_jax"
+  # Use at most this many documents of the corpus (0: all of them).
+  config.data.max_documents = 0
+  # Tokens per example, [CLS] and [SEP] included.
+  config.data.seq_len = 128
+  # Fraction of packed examples held out for evaluation.
+  config.data.eval_fraction = 0.01
+
+  config.model = ml_collections.ConfigDict()
+  # Name of the size preset the fields below came from (for the logs).
+  config.model.size = variant.size
+  # Number of Transformer layers.
+  config.model.num_layers = layers
+  # Width of the residual stream.
+  config.model.hidden_size = hidden
+  # Attention heads per layer (hidden_size must be divisible by it).
+  config.model.num_heads = heads
+  # Width of the feed-forward block.
+  config.model.intermediate_size = 4 * hidden
+  # Rows of the learned position embedding (longest sequence supported).
+  config.model.max_positions = 512
+  # Segment (token type) ids the model embeds: 2 for sentence pairs.
+  config.model.type_vocab_size = 2
+  # Dropout on embeddings, attention output and feed-forward output.
+  config.model.dropout = 0.1
+  # Dropout on attention probabilities.
+  config.model.attention_dropout = 0.1
+  # LayerNorm before each sub-block (pre-LN) instead of after (BERT).
+  config.model.pre_layer_norm = False
+  # Epsilon of every LayerNorm (BERT uses 1e-12).
+  config.model.layer_norm_eps = 1e-12
+  # Stddev of the truncated-normal initialiser of weights.
+  config.model.init_std = 0.02
+  # Computation dtype; parameters stay float32. bfloat16 on TPU/GPU.
+  config.model.dtype = "float32"
+  # Run the layers under nn.scan: one compiled layer, faster compiles.
+  config.model.scan_layers = True
+  # Rematerialisation of each layer: 'none', 'full' or 'dots_saveable'.
+  config.model.remat = "none"
+
+  config.masking = ml_collections.ConfigDict()
+  # Fraction of ordinary tokens of a sequence selected for prediction.
+  config.masking.rate = 0.15
+  # Fixed per-sequence budget of predictions; 0: ceil(rate * seq_len).
+  config.masking.max_predictions = 0
+  # Of the selected tokens: share replaced by [MASK] ...
+  config.masking.mask_prob = 0.8
+  # ... share replaced by a random ordinary token (the rest stay unchanged).
+  config.masking.random_prob = 0.1
+
+  config.optim = ml_collections.ConfigDict()
+  # Peak learning rate, reached at the end of warm-up.
+  config.optim.lr = 1e-4
+  # Linear warm-up steps from 0 to the peak.
+  config.optim.warmup_steps = 10_000
+  # Decay after warm-up to end_lr_ratio * lr: 'linear' or 'cosine'.
+  config.optim.decay = "linear"
+  # Learning rate at the last step as a fraction of the peak.
+  config.optim.end_lr_ratio = 0.0
+  # Decoupled (AdamW) weight decay; never applied to biases and LayerNorm.
+  config.optim.weight_decay = 0.01
+  # Adam moment decay rates and epsilon.
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-6
+  # Clip gradients to this global L2 norm (0: no clipping).
+  config.optim.grad_clip = 1.0
+
+  config.train = ml_collections.ConfigDict()
+  # Global batch size in sequences, split over all devices.
+  config.train.batch_size = 256
+  # Optimizer steps in the whole run.
+  config.train.num_steps = 1_000_000
+  # Log training metrics every this many steps.
+  config.train.log_every = 100
+  # Evaluate on the held-out split every this many steps (and at the end).
+  config.train.eval_every = 10_000
+  # Evaluate on at most this many held-out batches (0: the whole split).
+  config.train.eval_batches = 0
+  # Write a checkpoint every this many steps (and at the end).
+  config.train.checkpoint_every = 10_000
+  # Checkpoints kept on disk; older ones are deleted.
+  config.train.max_to_keep = 3
+  # Write checkpoints in the background while training continues.
+  config.train.async_checkpoint = True
+
+  config.parallel = ml_collections.ConfigDict()
+  # 'pmap': per-device data parallelism; 'jit': one program over a mesh.
+  config.parallel.mode = "pmap"
+  # Devices that shard parameters and optimizer state (mode 'jit' only).
+  config.parallel.fsdp = 1
+
+  if variant.runlocal:
+    # A CPU smoke run: small vocabulary and corpus, a short schedule.
+    config.vocab_size = 8000
+    config.tokenizer.max_sentences = 300_000
+    config.data.max_documents = 30_000
+    config.model.dropout = 0.0
+    config.model.attention_dropout = 0.0
+    config.optim.lr = 1e-3
+    config.optim.warmup_steps = 50
+    config.train.batch_size = 32
+    config.train.num_steps = 400
+    config.train.log_every = 50
+    config.train.eval_every = 200
+    config.train.eval_batches = 20
+    config.train.checkpoint_every = 200
+  return config
+
+
+def get_hyper(h):
+  """A learning-rate by warm-up sweep (big_vision style)."""
+  return h.product([
+      h.sweep("config.optim.lr", [5e-5, 1e-4, 2e-4]),
+      h.sweep("config.optim.warmup_steps", [5_000, 10_000]),
+  ])

@@ -1,0 +1,135 @@
+"""Metrics: summing step outputs on the host, and the JSONL log.
+
+The step returns sums and their denominators (see `objectives`); the loop
+keeps the per-step device outputs of a logging interval without touching
+them, then fetches them all at once, so there is no device-to-host sync per
+step. Means are taken here, once.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+
+def sum_metrics(steps: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
+  """Sums host metric dicts key by key (plus `steps`, how many were summed)."""
+  total: dict[str, float] = {}
+  count = 0
+  for m in steps:
+    count += 1
+    for k, v in m.items():
+      total[k] = total.get(k, 0.0) + float(v)
+  total["steps"] = float(count)
+  return total
+
+
+def summarize(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
+  """Means from sums: MLM loss and accuracy per prediction, grad norm per
+  step; everything else is passed through."""
+  count = max(sums.get("mlm_count", 0.0), 1.0)
+  out = {f"{prefix}loss": sums["mlm_loss_sum"] / count,
+         f"{prefix}accuracy": sums["mlm_correct_sum"] / count,
+         f"{prefix}predictions": sums.get("mlm_count", 0.0)}
+  if "grad_norm" in sums:
+    out[f"{prefix}grad_norm"] = sums["grad_norm"] / max(sums["steps"], 1.0)
+  return out
+
+
+def is_finite(values: dict[str, float]) -> bool:
+  return all(math.isfinite(v) for v in values.values())
+
+
+class IntervalMeter:
+  """Collects the step metrics of a logging interval and reports them.
+
+  Device outputs are only held, never read, until `report`, which fetches
+  them all at once. The first step of a run is timed apart (it includes
+  compilation): its metrics count, its time does not. Time spent in
+  `paused()` (evaluation, checkpointing) is not training time either.
+  """
+
+  def __init__(self, fetch: Callable[[list], list[dict[str, np.ndarray]]]):
+    self._fetch = fetch
+    self._pending: list = []
+    self._host: list[dict[str, np.ndarray]] = []
+    self._timed_steps = 0
+    self._tick = time.perf_counter()
+
+  def add(self, step_metrics) -> None:
+    self._pending.append(step_metrics)
+    self._timed_steps += 1
+
+  def first_step_seconds(self) -> float:
+    """Blocks on the pending (first) step; returns its wall time."""
+    self._host += self._fetch(self._pending)
+    seconds = time.perf_counter() - self._tick
+    self._pending, self._timed_steps = [], 0
+    self._tick = time.perf_counter()
+    return seconds
+
+  @contextlib.contextmanager
+  def paused(self) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    self._tick += time.perf_counter() - start
+
+  def report(self) -> dict[str, float]:
+    """Means of the interval, `tokens_per_s` and `steps_per_s`; resets."""
+    timed = self._fetch(self._pending)
+    elapsed = max(time.perf_counter() - self._tick, 1e-9)
+    out = summarize(sum_metrics(self._host + timed))
+    if self._timed_steps:
+      out["tokens_per_s"] = sum_metrics(timed)["tokens"] / elapsed
+      out["steps_per_s"] = self._timed_steps / elapsed
+    self._pending, self._host, self._timed_steps = [], [], 0
+    self._tick = time.perf_counter()
+    return out
+
+  @property
+  def has_pending(self) -> bool:
+    return bool(self._pending or self._host)
+
+
+class JsonlWriter:
+  """Appends one JSON object per line to `path`; safe to resume.
+
+  Resuming from step s first drops the records of steps after s (logged by
+  the interrupted run after its last checkpoint), so the file reads as one
+  uninterrupted run. The rewrite goes to a temporary file and is renamed.
+  """
+
+  def __init__(self, path: str | os.PathLike, resume_step: int = 0):
+    self.path = pathlib.Path(path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    if self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if _step_of(line) is not None and _step_of(line) <= resume_step]
+      tmp = self.path.with_name(self.path.name + ".tmp")
+      tmp.write_text("".join(line + "\n" for line in kept))
+      os.replace(tmp, self.path)
+
+  def write(self, step: int, values: dict[str, Any]) -> None:
+    record = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> int | None:
+  """The step of a record, or None for a blank or truncated (crashed) line."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
+def _plain(v):
+  if isinstance(v, (np.floating, np.integer)):
+    return v.item()
+  return v

@@ -1,0 +1,165 @@
+"""The pre-training loop: wiring of data, step, metrics and checkpoints.
+
+`train_and_evaluate(config, workdir)` is what `experiments/pretrain.py`
+calls; a notebook or a test can call it the same way. Running it again on
+the same workdir resumes from the latest checkpoint: parameters, optimizer
+state and step, and (because the data order is a function of the step) the
+exact data position.
+"""
+from __future__ import annotations
+
+import collections
+import pathlib
+import shutil
+from typing import Iterator
+
+import jax
+import ml_collections
+from absl import logging
+
+from mlm_jax import checkpoint as ckpt_lib
+from mlm_jax import config as config_lib
+from mlm_jax import metrics as metrics_lib
+from mlm_jax import model as model_lib
+from mlm_jax import optim
+from mlm_jax import parallel
+from mlm_jax import step as step_lib
+from mlm_jax.data import loader
+from mlm_jax.data import prepare
+
+
+def build_task(config: ml_collections.ConfigDict) -> step_lib.MLMTask:
+  """Model, optimizer and masking settings of a run, from its config."""
+  model = model_lib.BertForMaskedLM(model_lib.EncoderConfig.from_config(config))
+  return step_lib.MLMTask(
+      model=model, tx=optim.make_optimizer(config.optim, config.train.num_steps),
+      seed=config.seed, vocab_size=config.vocab_size,
+      max_predictions=config_lib.max_predictions(config),
+      rate=config.masking.rate, mask_prob=config.masking.mask_prob,
+      random_prob=config.masking.random_prob)
+
+
+def _to_device(batches: Iterator, put, depth: int = 2) -> Iterator:
+  """Keeps `depth` batches in flight to the devices ahead of the step."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(put(batch))
+    if len(queue) > depth:
+      yield queue.popleft()
+  yield from queue
+
+
+def _keep_tokenizer(data: prepare.PreparedData, workdir: pathlib.Path) -> None:
+  """Copies the tokenizer next to the checkpoints; refuses a different one."""
+  target = workdir / "tokenizer.model"
+  if target.exists():
+    if target.read_bytes() != data.tokenizer.path.read_bytes():
+      raise ValueError(
+          f"{target} differs from the tokenizer of this config "
+          f"({data.tokenizer.path}): the checkpoints in {workdir} were trained "
+          "with another vocabulary. Use a new --workdir, or restore the "
+          "config of that run.")
+    return
+  shutil.copyfile(data.tokenizer.path, target)
+
+
+def evaluate(par, state, data: prepare.PreparedData,
+             config: ml_collections.ConfigDict) -> dict[str, float]:
+  """MLM loss and accuracy on the held-out split, with fixed masks."""
+  outputs = [par.eval_step(state, par.put_batch(b)) for b in loader.eval_batches(
+      data.eval, global_batch=config.train.batch_size,
+      max_batches=config.train.eval_batches,
+      process_index=jax.process_index(), process_count=jax.process_count())]
+  return metrics_lib.summarize(
+      metrics_lib.sum_metrics(par.fetch(outputs)), prefix="eval_")
+
+
+def _evaluate_and_log(par, state, data, config, step, writer):
+  values = evaluate(par, state, data, config)
+  _log(step, config.train.num_steps, values)
+  writer.write(step, values)
+  return values
+
+
+def _format(key: str, value: float) -> str:
+  if key == "tokens_per_s" or key.endswith("predictions"):
+    return f"{key} {value:,.0f}"
+  return f"{key} {value:.4g}"
+
+
+def _log(step: int, num_steps: int, values: dict[str, float]) -> None:
+  logging.info("step %d/%d | %s", step, num_steps,
+               " | ".join(_format(k, v) for k, v in values.items()))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Pre-trains (or resumes) the run of `config` in `workdir`.
+
+  Returns the metrics of the last logging interval and evaluation.
+  """
+  workdir = pathlib.Path(workdir).expanduser()
+  workdir.mkdir(parents=True, exist_ok=True)
+  config_lib.validate(config, num_devices=jax.device_count())
+  data = prepare.prepare(config)
+  config_lib.validate(config, num_devices=jax.device_count(),
+                      tokenizer_vocab_size=data.tokenizer.vocab_size)
+  _keep_tokenizer(data, workdir)
+  logging.info("Data: %s", {k: data.manifest[k] for k in (
+      "documents", "examples", "tokens", "packing_efficiency")})
+
+  t, num_steps = config.train, config.train.num_steps
+  par = parallel.make_parallel(config.parallel.mode, build_task(config),
+                               config.data.seq_len, config.parallel.fsdp)
+  checkpointer = ckpt_lib.Checkpointer(
+      workdir / "checkpoints", save_interval_steps=t.checkpoint_every,
+      max_to_keep=t.max_to_keep, async_save=t.async_checkpoint)
+  restored = checkpointer.restore(par.abstract_state())
+  if restored is None:
+    state, start = par.init_state(), 0
+  else:
+    state, start = par.from_global(restored.state), restored.step
+    logging.info("Resumed from the checkpoint of step %d in %s", start,
+                 checkpointer.directory)
+  schedule = optim.learning_rate_schedule(config.optim, num_steps)
+  writer = metrics_lib.JsonlWriter(workdir / "metrics.jsonl", resume_step=start)
+  batches = _to_device(loader.train_batches(
+      data.train, global_batch=t.batch_size, seed=config.seed,
+      start_step=start, process_index=jax.process_index(),
+      process_count=jax.process_count()), par.put_batch)
+
+  summary: dict[str, float] = {}
+  meter = metrics_lib.IntervalMeter(par.fetch)
+  for step in range(start, num_steps):
+    state, step_metrics = par.train_step(state, next(batches))
+    meter.add(step_metrics)
+    done = step + 1
+    if step == start:  # Report compilation apart from the step time.
+      seconds = meter.first_step_seconds()
+      writer.write(done, {"first_step_seconds": seconds})
+      logging.info("First step (with compilation) took %.1fs", seconds)
+    if meter.has_pending and (done % t.log_every == 0 or done == num_steps):
+      summary = meter.report()
+      if not metrics_lib.is_finite(summary):
+        raise FloatingPointError(
+            f"Non-finite training metrics at step {done}: {summary}. No "
+            "checkpoint was written from this state; lower optim.lr or raise "
+            "optim.warmup_steps and resume from the last checkpoint.")
+      summary["lr"] = float(schedule(step))
+      if "steps_per_s" in summary:
+        summary["eta_minutes"] = (num_steps - done) / summary[
+            "steps_per_s"] / 60
+      _log(done, num_steps, summary)
+      writer.write(done, summary)
+    with meter.paused():
+      if done % t.eval_every == 0 or done == num_steps:
+        summary.update(_evaluate_and_log(par, state, data, config, done,
+                                         writer))
+      if checkpointer.should_save(done) or done == num_steps:
+        checkpointer.save(done, par.to_global(state),
+                          config=config.to_dict(), force=True)
+  if start >= num_steps:
+    logging.info("The run in %s is complete (step %d).", workdir, start)
+    summary = _evaluate_and_log(par, state, data, config, start, writer)
+  checkpointer.close()
+  return summary
