@@ -1,0 +1,142 @@
+"""Timing of the real training step: step time, tokens/s, compile, MFU.
+
+The step timed is the one training runs (masking, forward, loss at masked
+positions, backward, optimizer update, all on device), built from a config
+by `train.build_task` and wrapped by the configured parallel mode, on
+synthetic full-length batches (no padding, so every position is work).
+
+Useful FLOPs per step count what the model must compute: matmuls of the
+Transformer layers (QKV, attention scores and values, output projection,
+feed-forward), the MLM head at the masked positions only, and 3x for the
+forward plus backward pass. Embedding lookups and elementwise work are not
+counted. On CPU, MFU is against a matmul peak measured in the same process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mlm_jax import config as config_lib
+from mlm_jax import parallel
+from mlm_jax import tokenizer as tok
+from mlm_jax import train
+
+
+def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
+  """Useful FLOPs of one training step (forward + backward = 3x forward)."""
+  m = config.model
+  b, l = config.train.batch_size, config.data.seq_len
+  h, f, layers = m.hidden_size, m.intermediate_size, m.num_layers
+  p = config_lib.max_predictions(config)
+  per_layer = (2 * b * l * h * 3 * h      # fused QKV projection
+               + 2 * 2 * b * l * l * h    # scores and weighted values
+               + 2 * b * l * h * h        # attention output projection
+               + 2 * 2 * b * l * h * f)   # feed-forward in and out
+  head = 2 * b * p * h * h + 2 * b * p * h * config.vocab_size
+  return 3.0 * (layers * per_layer + head)
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+  """Measured float32 matmul throughput of the default device, FLOP/s."""
+  x = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(x).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2.0 * n ** 3 / min(times) * jax.local_device_count()
+
+
+@dataclasses.dataclass
+class StepTiming:
+  """What `time_train_step` measured (times in seconds)."""
+  step_median: float
+  step_times: list[float]
+  tokens_per_s: float
+  lower_seconds: float
+  compile_seconds: float
+  flops_per_step: float
+  peak_flops: float
+  mfu: float
+  peak_host_memory_gb: float
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0):
+  """A full-length host batch of random ordinary tokens."""
+  b, l = config.train.batch_size, config.data.seq_len
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(tok.NUM_SPECIAL_TOKENS, config.vocab_size,
+                        (b, l)).astype(np.int32)
+  tokens[:, 0], tokens[:, -1] = tok.CLS_ID, tok.SEP_ID
+  return {"tokens": tokens, "segment_ids": np.zeros_like(tokens),
+          "positions": np.tile(np.arange(l, dtype=np.int32), (b, 1)),
+          "example_id": np.arange(b, dtype=np.uint32)}
+
+
+def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
+                    repeats: int = 5, peak_flops: float | None = None
+                    ) -> StepTiming:
+  """Times `repeats` runs of `steps` steps after compilation; medians."""
+  config_lib.validate(config, num_devices=jax.device_count())
+  par = parallel.make_parallel(config.parallel.mode, train.build_task(config),
+                               config.data.seq_len, config.parallel.fsdp)
+  state = par.init_state()
+  batch = par.put_batch(synthetic_batch(config))
+  start = time.perf_counter()
+  lowered = par.lower_train_step(state, batch)
+  lower_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  lowered.compile()
+  compile_seconds = time.perf_counter() - start
+  state, metrics = par.train_step(state, batch)  # warm-up (cached compile)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = par.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append((time.perf_counter() - start) / steps)
+  median = statistics.median(times)
+  flops = train_flops_per_step(config)
+  peak = peak_flops or matmul_peak_flops()
+  tokens = config.train.batch_size * config.data.seq_len
+  return StepTiming(
+      step_median=median, step_times=times, tokens_per_s=tokens / median,
+      lower_seconds=lower_seconds, compile_seconds=compile_seconds,
+      flops_per_step=flops, peak_flops=peak, mfu=flops / median / peak,
+      peak_host_memory_gb=resource.getrusage(
+          resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
+
+
+def as_record(config: ml_collections.ConfigDict, t: StepTiming) -> dict:
+  """A JSON-able record of one measurement and what it measured."""
+  return {"size": config.model.size, "batch_size": config.train.batch_size,
+          "seq_len": config.data.seq_len, "vocab_size": config.vocab_size,
+          "parallel": config.parallel.mode, "dtype": config.model.dtype,
+          "remat": config.model.remat, "devices": jax.device_count(),
+          "backend": jax.default_backend(), **dataclasses.asdict(t)}
+
+
+def format_table(rows: list[tuple[ml_collections.ConfigDict, StepTiming]]
+                 ) -> str:
+  """A Markdown table of measurements."""
+  lines = ["| size | batch x len | step ms (median) | tokens/s | lower s | "
+           "compile s | MFU | peak host GB |", "|" + " --- |" * 8]
+  for config, t in rows:
+    lines.append(
+        f"| {config.model.size} | {config.train.batch_size} x "
+        f"{config.data.seq_len} | {t.step_median * 1e3:.1f} | "
+        f"{t.tokens_per_s:,.0f} | {t.lower_seconds:.2f} | "
+        f"{t.compile_seconds:.2f} | {t.mfu:.2f} | "
+        f"{t.peak_host_memory_gb:.2f} |")
+  return "\n".join(lines)
