@@ -22,6 +22,7 @@ split over both axes, and parameters and optimizer state are sharded over
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import numpy as np
@@ -36,7 +37,22 @@ FSDP_AXIS = "fsdp"
 MIN_SHARDED_SIZE = 2 ** 14
 
 
-class PmapParallel:
+class _Wrapper:
+  """What both wrappers share: the compiled steps, called the same way."""
+  _train: Callable
+  _eval: Callable
+
+  def train_step(self, state, batch):
+    return self._train(state, batch)
+
+  def lower_train_step(self, state, batch):
+    return self._train.lower(state, batch)
+
+  def eval_step(self, state, batch):
+    return self._eval(state.params, batch)
+
+
+class PmapParallel(_Wrapper):
   """Data parallelism with `jax.pmap` over the local devices, axis 'data'."""
 
   def __init__(self, task: step_lib.MLMTask, seq_len: int):
@@ -71,15 +87,6 @@ class PmapParallel:
     return jax.device_put(
         {k: v.reshape((n, v.shape[0] // n) + v.shape[1:])
          for k, v in batch.items()}, self._stacked)
-
-  def train_step(self, state, batch):
-    return self._train(state, batch)
-
-  def lower_train_step(self, state, batch):
-    return self._train.lower(state, batch)
-
-  def eval_step(self, state, batch):
-    return self._eval(state.params, batch)
 
   def to_global(self, state):
     return jax.tree.map(lambda x: x[0], state)
@@ -117,7 +124,7 @@ def fsdp_spec(path, shape, fsdp: int,
   return P(*[FSDP_AXIS if i == best else None for i in range(len(shape))])
 
 
-class MeshParallel:
+class MeshParallel(_Wrapper):
   """`jax.jit` over a ('data', 'fsdp') mesh of all devices (all hosts)."""
 
   def __init__(self, task: step_lib.MLMTask, seq_len: int, fsdp: int = 1,
@@ -161,15 +168,6 @@ class MeshParallel:
   def put_batch(self, batch: dict[str, np.ndarray]):
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
             for k, v in batch.items()}
-
-  def train_step(self, state, batch):
-    return self._train(state, batch)
-
-  def lower_train_step(self, state, batch):
-    return self._train.lower(state, batch)
-
-  def eval_step(self, state, batch):
-    return self._eval(state.params, batch)
 
   def to_global(self, state):
     return state

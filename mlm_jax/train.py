@@ -92,6 +92,18 @@ def _log(step: int, num_steps: int, values: dict[str, float]) -> None:
                " | ".join(_format(k, v) for k, v in values.items()))
 
 
+def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """Fields whose values differ between two config dicts, as 'a.b: x -> y'."""
+  changes = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      changes += _config_changes(a, b, f"{prefix}{key}.")
+    elif a != b:
+      changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+  return changes
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Pre-trains (or resumes) the run of `config` in `workdir`.
@@ -107,27 +119,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   _keep_tokenizer(data, workdir)
   logging.info("Data: %s", {k: data.manifest[k] for k in (
       "documents", "examples", "tokens", "packing_efficiency")})
-
-  t, num_steps = config.train, config.train.num_steps
   par = parallel.make_parallel(config.parallel.mode, build_task(config),
                                config.data.seq_len, config.parallel.fsdp)
-  checkpointer = ckpt_lib.Checkpointer(
+  t = config.train
+  with ckpt_lib.Checkpointer(
       workdir / "checkpoints", save_interval_steps=t.checkpoint_every,
-      max_to_keep=t.max_to_keep, async_save=t.async_checkpoint)
-  restored = checkpointer.restore(par.abstract_state())
-  if restored is None:
-    state, start = par.init_state(), 0
-  else:
-    state, start = par.from_global(restored.state), restored.step
-    logging.info("Resumed from the checkpoint of step %d in %s", start,
-                 checkpointer.directory)
+      max_to_keep=t.max_to_keep, async_save=t.async_checkpoint
+  ) as checkpointer:
+    restored = checkpointer.restore(par.abstract_state())
+    if restored is None:
+      state, start = par.init_state(), 0
+    else:
+      state, start = par.from_global(restored.state), restored.step
+      logging.info("Resumed from the checkpoint of step %d in %s", start,
+                   checkpointer.directory)
+      changes = _config_changes(restored.config, config.to_dict())
+      if changes:
+        logging.warning("The config differs from the checkpoint's: %s",
+                        "; ".join(changes))
+    writer = metrics_lib.JsonlWriter(workdir / "metrics.jsonl",
+                                     resume_step=start)
+    if start >= config.train.num_steps:
+      logging.info("The run in %s is complete (step %d).", workdir, start)
+      return _evaluate_and_log(par, state, data, config, start, writer)
+    return _train_loop(config, par, state, start, data, checkpointer, writer)
+
+
+def _train_loop(config, par, state, start, data, checkpointer,
+                writer) -> dict[str, float]:
+  """Steps from `start` to the end, logging, evaluating and checkpointing."""
+  t, num_steps = config.train, config.train.num_steps
   schedule = optim.learning_rate_schedule(config.optim, num_steps)
-  writer = metrics_lib.JsonlWriter(workdir / "metrics.jsonl", resume_step=start)
   batches = _to_device(loader.train_batches(
       data.train, global_batch=t.batch_size, seed=config.seed,
       start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count()), par.put_batch)
-
   summary: dict[str, float] = {}
   meter = metrics_lib.IntervalMeter(par.fetch)
   for step in range(start, num_steps):
@@ -158,8 +184,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if checkpointer.should_save(done) or done == num_steps:
         checkpointer.save(done, par.to_global(state),
                           config=config.to_dict(), force=True)
-  if start >= num_steps:
-    logging.info("The run in %s is complete (step %d).", workdir, start)
-    summary = _evaluate_and_log(par, state, data, config, start, writer)
-  checkpointer.close()
   return summary

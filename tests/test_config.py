@@ -1,19 +1,10 @@
 """Configs: variants from the arg string, and one-line validation errors."""
-import importlib.util
-import pathlib
-
 import pytest
 
+from configs_loader import config_module, load_config
 from mlm_jax import config as config_lib
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
-
-
-def load(arg):
-  spec = importlib.util.spec_from_file_location("bert", CONFIGS / "bert.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+load = load_config
 
 
 def test_parse_arg_types_and_flags():
@@ -102,9 +93,7 @@ def test_vocab_must_match_tokenizer():
 
 
 def test_sweep_is_declared():
-  spec = importlib.util.spec_from_file_location("bert", CONFIGS / "bert.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_module()
 
   class H:  # the minimal big_vision-style sweep builder
     def sweep(self, key, values):

@@ -1,29 +1,19 @@
 """MLM metrics: exact sums against numpy, weight-0 slots ignored (values and
 gradients), and the loss of the real tiny model at initialisation."""
 import functools
-import importlib.util
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs_loader import load_config
 from mlm_jax import masking
 from mlm_jax import model as model_lib
 from mlm_jax import objectives
 from mlm_jax import tokenizer as tok
 
 B, P, V = 3, 5, 11
-
-
-def _bert_config(arg):
-  """configs/bert.py:get_config(arg), loaded by path as the launcher does."""
-  path = pathlib.Path(__file__).parents[1] / "configs" / "bert.py"
-  spec = importlib.util.spec_from_file_location("bert_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def _inputs(seed=0, scale=3.0):
@@ -126,7 +116,7 @@ def test_initial_loss_of_tiny_model_is_about_log_vocab():
   to spare, while a wrong init scale, a missing LayerNorm or an untied,
   unscaled projection puts the loss well above (s = 1 already adds 0.5).
   """
-  config = _bert_config("size=tiny,runlocal")
+  config = load_config("size=tiny,runlocal")
   cfg = model_lib.EncoderConfig.from_config(config)
   model = model_lib.BertForMaskedLM(cfg)
   batch, length, budget = 4, 64, 16

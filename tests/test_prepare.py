@@ -1,22 +1,15 @@
 """Preparation: offline corpus -> tokenizer -> packed, split, cached arrays."""
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
+from configs_loader import load_config
 from mlm_jax import tokenizer as tok
 from mlm_jax.data import packing
 from mlm_jax.data import prepare
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
-
 
 def small_config(cache_dir, **data):
-  spec = importlib.util.spec_from_file_location("bert", CONFIGS / "bert.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config("size=tiny,runlocal")
+  cfg = load_config("size=tiny,runlocal")
   cfg.vocab_size = 400
   cfg.tokenizer.model_type = "bpe"
   cfg.data.cache_dir = str(cache_dir)

@@ -91,13 +91,9 @@ def test_launcher_bad_input_is_one_line(tmp_path, cache_dir):
 def test_in_process_jit_run_learns(tmp_path, cache_dir):
   # The library entry point, as a notebook would call it: jit over the
   # 4-device mesh with parameters sharded over 2 of them.
-  import importlib.util
+  from configs_loader import load_config
   from mlm_jax import train
-  spec = importlib.util.spec_from_file_location("bert",
-                                                ROOT / "configs" / "bert.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config("size=tiny,runlocal")
+  cfg = load_config("size=tiny,runlocal")
   cfg.data.cache_dir = str(cache_dir)
   cfg.vocab_size, cfg.tokenizer.model_type = 400, "bpe"
   cfg.data.max_documents, cfg.data.seq_len = 300, 32

@@ -1,0 +1,48 @@
+"""The benchmark's FLOP count and timing harness."""
+import functools
+
+import jax
+import pytest
+
+from configs_loader import load_config
+from mlm_jax import benchmark
+from mlm_jax import step as step_lib
+from mlm_jax import train
+
+
+def load(arg):
+  cfg = load_config(arg)
+  cfg.train.batch_size, cfg.data.seq_len, cfg.vocab_size = 4, 32, 512
+  return cfg
+
+
+@pytest.mark.parametrize("size", ["tiny", "mini"])
+def test_useful_flops_agree_with_xla_count_of_the_step(size):
+  # XLA counts every op of the compiled step (elementwise work, embedding
+  # gradients, the optimizer), so it may exceed the matmul count a little;
+  # a wrong factor in the formula (say, the head over all positions, or
+  # forward-only) would be off by far more. Layers are unrolled because XLA
+  # counts a scan body once. One device: the count is per device.
+  cfg = load(f"size={size},runlocal")
+  cfg.model.scan_layers = False
+  task = train.build_task(cfg)
+  state = jax.eval_shape(functools.partial(step_lib.init_state, task, 32))
+  batch = benchmark.synthetic_batch(cfg)
+  step = jax.jit(functools.partial(step_lib.train_step, task=task))
+  cost = step.lower(state, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  ratio = cost["flops"] / benchmark.train_flops_per_step(cfg)
+  assert 0.95 < ratio < 1.25, ratio
+
+
+def test_time_train_step_reports_consistent_figures():
+  cfg = load("size=tiny,runlocal")
+  t = benchmark.time_train_step(cfg, steps=2, repeats=3, peak_flops=1e11)
+  assert len(t.step_times) == 3 and t.step_median in t.step_times
+  assert t.tokens_per_s == pytest.approx(4 * 32 / t.step_median)
+  assert t.mfu == pytest.approx(t.flops_per_step / t.step_median / 1e11)
+  assert t.compile_seconds > 0 and t.peak_host_memory_gb > 0
+  table = benchmark.format_table([(cfg, t)])
+  assert "| tiny | 4 x 32 |" in table
+  record = benchmark.as_record(cfg, t)
+  assert record["devices"] == jax.device_count()
