@@ -27,20 +27,44 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.tokenizer.path = ""
   # SentencePiece algorithm when training: 'unigram' or 'bpe'.
   config.tokenizer.model_type = "unigram"
-  # Cap on the lines fed to SentencePiece training (subsampled evenly).
+  # Train the tokenizer on (at most) the first this many documents ...
+  config.tokenizer.train_documents = 1_000_000
+  # ... and on at most this many of their lines (subsampled evenly).
   config.tokenizer.max_sentences = 2_000_000
 
   config.data = ml_collections.ConfigDict()
-  # Corpus name; 'offline' is built from Python docstrings, no network.
-  config.data.corpus = "offline"
-  # Where prepared corpora, tokenizers and packed examples are cached.
-  config.data.cache_dir = "~/.cache/mlm_jax"
-  # Use at most this many documents of the corpus (0: all of them).
+  # Where documents come from: 'offline' (Python docstrings, no network),
+  # 'tfds' (a tensorflow-datasets corpus) or 'files' (local text/JSONL).
+  config.data.source = "offline"
+  # tfds dataset name and split, e.g. 'wikipedia/20230601.en', 'c4/en'.
+  config.data.tfds_name = ""
+  config.data.tfds_split = "train"
+  # tfds data_dir ('' = tfds's default; a gs:// path on Cloud TPU).
+  config.data.tfds_data_dir = ""
+  # The tfds feature, or JSON Lines field, that holds the text.
+  config.data.text_feature = "text"
+  # Local files: a path, a directory or a glob ('**' recurses); .gz is read.
+  config.data.files = ""
+  # 'text_blocks' (blank-line separated), 'text_lines' or 'jsonl'.
+  config.data.files_format = "text_blocks"
+  # Use at most this many documents of the source (0: all of them).
   config.data.max_documents = 0
-  # Tokens per example, [CLS] and [SEP] included.
+  # Tokens per example, special tokens included.
   config.data.seq_len = 128
+  # 'stream': documents end to end, [SEP] between them; 'pairs': sentence
+  # pairs [CLS] A [SEP] B [SEP] with segment ids 0/1.
+  config.data.packing = "stream"
   # Fraction of packed examples held out for evaluation.
   config.data.eval_fraction = 0.01
+  # The prepared dataset directory ('' = under cache_dir, named by a
+  # fingerprint of everything that shapes it).
+  config.data.dir = ""
+  # Where corpora, tokenizers and prepared datasets are cached.
+  config.data.cache_dir = "~/.cache/mlm_jax"
+  # Processes that tokenize and pack (0: one per CPU core).
+  config.data.workers = 0
+  # Threads that read and decode examples ahead of the training step.
+  config.data.loader_threads = 4
 
   config.model = ml_collections.ConfigDict()
   # Name of the size preset the fields below came from (for the logs).
@@ -73,6 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.scan_layers = True
   # Rematerialisation of each layer: 'none', 'full' or 'dots_saveable'.
   config.model.remat = "none"
+  # Let tokens attend to other documents packed into the same example
+  # (BERT); False restricts attention to the token's own document.
+  config.model.attend_across_documents = True
 
   config.masking = ml_collections.ConfigDict()
   # Fraction of ordinary tokens of a sequence selected for prediction.

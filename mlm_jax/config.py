@@ -105,6 +105,15 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   _check(d.seq_len <= m.max_positions, "data.seq_len",
          f"{d.seq_len} exceeds model.max_positions={m.max_positions}",
          "raise model.max_positions or shorten data.seq_len")
+  _check(d.packing in ("stream", "pairs"), "data.packing",
+         f"unknown packing {d.packing!r}", "use 'stream' or 'pairs'")
+  _check(d.source in ("offline", "tfds", "files"), "data.source",
+         f"unknown source {d.source!r}", "use 'offline', 'tfds' or 'files'")
+  _check(d.files_format in ("text_blocks", "text_lines", "jsonl"),
+         "data.files_format", f"unknown format {d.files_format!r}",
+         "use 'text_blocks', 'text_lines' or 'jsonl'")
+  _check(d.workers >= 0 and d.loader_threads >= 0, "data.workers",
+         "worker and thread counts must be >= 0", "use 0 for the default")
   _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction",
          f"{d.eval_fraction} is outside (0, 1)", "hold out e.g. 0.01")
   _check(config.vocab_size > 5 + 16, "vocab_size",

@@ -43,6 +43,7 @@ class EncoderConfig:
   dtype: str = "float32"
   scan_layers: bool = True
   remat: str = "none"
+  attend_across_documents: bool = True
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> EncoderConfig:
@@ -56,7 +57,7 @@ class EncoderConfig:
         attention_dropout=m.attention_dropout,
         pre_layer_norm=m.pre_layer_norm, layer_norm_eps=m.layer_norm_eps,
         init_std=m.init_std, dtype=m.dtype, scan_layers=m.scan_layers,
-        remat=m.remat)
+        remat=m.remat, attend_across_documents=m.attend_across_documents)
 
   @property
   def compute_dtype(self) -> Any:
@@ -74,18 +75,23 @@ def _layer_norm(cfg: EncoderConfig, name: str) -> nn.Module:
                       param_dtype=jnp.float32, name=name)
 
 
-def attention_bias(tokens: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """Additive attention bias that hides padding keys.
+def attention_bias(tokens: jax.Array, document_ids: jax.Array | None = None,
+                   dtype=jnp.float32) -> jax.Array:
+  """Additive attention bias that hides padding (and other documents).
 
   Args:
     tokens: [B, L] int token ids; [PAD] keys are masked out.
+    document_ids: [B, L] int document of each token within its packed
+      example, or None to let tokens attend across documents.
   Returns:
-    [B, 1, 1, L] array: 0 where a key may be attended to, a large negative
-    number where it may not.
+    [B, 1, 1, L] (padding only) or [B, 1, L, L] array: 0 where a query may
+    attend to a key, a large negative number where it may not.
   """
-  keep = tokens != tok.PAD_ID
-  return jnp.where(keep, 0.0, jnp.finfo(dtype).min)[:, None, None, :].astype(
-      dtype)
+  keep = (tokens != tok.PAD_ID)[:, None, None, :]
+  if document_ids is not None:
+    keep = keep & (document_ids[:, None, :, None]
+                   == document_ids[:, None, None, :])
+  return jnp.where(keep, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
 class SelfAttention(nn.Module):
@@ -203,13 +209,16 @@ class Encoder(nn.Module):
     self.final_norm = (_layer_norm(cfg, "final_LayerNorm")
                        if cfg.pre_layer_norm else None)
 
-  def __call__(self, tokens, segment_ids, positions, *, deterministic: bool):
+  def __call__(self, tokens, segment_ids, positions, *, deterministic: bool,
+               document_ids=None):
     cfg = self.cfg
+    if cfg.attend_across_documents:
+      document_ids = None
     x = (self.word_embeddings(tokens) + self.position_embeddings(positions)
          + self.token_type_embeddings(segment_ids))
     x = self.embedding_norm(x.astype(cfg.compute_dtype))
     x = self.embedding_dropout(x, deterministic)
-    x = self.stack(x, attention_bias(tokens), deterministic)
+    x = self.stack(x, attention_bias(tokens, document_ids), deterministic)
     if self.final_norm is not None:
       x = self.final_norm(x)
     return x
@@ -237,7 +246,7 @@ class BertForMaskedLM(nn.Module):
                                   (self.cfg.vocab_size,), jnp.float32)
 
   def __call__(self, tokens, segment_ids, positions, mask_positions, *,
-               deterministic: bool = True):
+               deterministic: bool = True, document_ids=None):
     """MLM logits at the selected positions.
 
     Args:
@@ -246,11 +255,13 @@ class BertForMaskedLM(nn.Module):
       positions: [B, L] int32 position ids.
       mask_positions: [B, P] int32 positions to predict.
       deterministic: disables dropout when True.
+      document_ids: [B, L] int32 document of each token in its packed
+        example; used only when `cfg.attend_across_documents` is False.
     Returns:
       [B, P, V] float32 logits.
     """
     hidden = self.bert(tokens, segment_ids, positions,
-                       deterministic=deterministic)
+                       deterministic=deterministic, document_ids=document_ids)
     h = jnp.take_along_axis(hidden, mask_positions[..., None], axis=1)
     h = self.transform_norm(nn.gelu(self.transform(h), approximate=False))
     return self.bert.attend(h) + self.output_bias

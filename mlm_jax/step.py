@@ -73,6 +73,7 @@ def _logits(task: MLMTask, params, masked: masking.Masked, batch: Batch,
       {"params": params}, masked.inputs, batch["segment_ids"],
       batch["positions"], masked.positions,
       deterministic=dropout_key is None,
+      document_ids=batch.get("document_ids"),
       rngs=None if dropout_key is None else {"dropout": dropout_key})
 
 
@@ -82,8 +83,9 @@ def train_step(state: TrainState, batch: Batch, *, task: MLMTask,
 
   Args:
     state: the train state (replicated per device under pmap).
-    batch: `tokens`, `segment_ids`, `positions` [B, L] int32 and
-      `example_id` [B] uint32 (B is the per-device batch under pmap).
+    batch: `tokens`, `segment_ids`, `positions` [B, L] int32, optionally
+      `document_ids` [B, L] int32, and `example_id` [B] uint32 (B is the
+      per-device batch under pmap).
     task: model, optimizer and masking settings.
     axis_name: the pmap axis to reduce over, or None under jit.
   Returns:

@@ -486,3 +486,42 @@ def test_segment_ids_and_positions_change_the_output():
                                    mask_positions))
   assert not np.allclose(no_segments, logits, atol=1e-3)
   assert not np.allclose(shifted, logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("across", [True, False])
+def test_document_attention_option(across):
+  # Row 0 packs two documents: positions 0..3 (doc 1) and 4..7 (doc 2).
+  cfg = _cfg(dropout=0.0, attention_dropout=0.0,
+             attend_across_documents=across)
+  params = _random_params(cfg)
+  tokens, segments, positions, _ = _batch()
+  docs = np.zeros_like(tokens)
+  docs[0] = [1, 1, 1, 1, 2, 2, 2, 2]
+  docs[1, :5] = 1
+  mask_positions = np.array([[1, 2, 3], [0, 2, 3]], np.int32)  # doc 1 only
+  apply = _jit(functools.partial(model_lib.BertForMaskedLM(cfg).apply,
+                                 deterministic=True))
+  run = lambda t: np.asarray(apply({"params": params}, t, segments, positions,
+                                   mask_positions, document_ids=docs))
+  changed = tokens.copy()
+  changed[0, 4:] = (changed[0, 4:] + 1 - tok.NUM_SPECIAL_TOKENS) % (
+      V - tok.NUM_SPECIAL_TOKENS) + tok.NUM_SPECIAL_TOKENS  # doc 2 edited
+  a, b = run(tokens), run(changed)
+  if across:
+    assert not np.allclose(a[0], b[0], atol=1e-4)  # doc 1 sees doc 2
+  else:
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)  # isolated
+  np.testing.assert_allclose(a[1], b[1], atol=1e-5)  # row 1 unchanged
+
+
+def test_document_bias_shapes():
+  tokens = np.array([[5, 6, 7, 0]], np.int32)
+  plain = model_lib.attention_bias(tokens)
+  assert plain.shape == (1, 1, 1, 4)
+  docs = np.array([[1, 1, 2, 0]], np.int32)
+  bias = np.asarray(model_lib.attention_bias(tokens, docs))
+  assert bias.shape == (1, 1, 4, 4)
+  allowed = bias[0, 0] == 0
+  np.testing.assert_array_equal(allowed[:3, :3], [[1, 1, 0], [1, 1, 0],
+                                                  [0, 0, 1]])
+  assert not allowed[:, 3].any()  # padding key hidden from everyone
