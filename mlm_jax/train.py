@@ -67,7 +67,7 @@ def evaluate(par, state, data: prepare.PreparedData,
              config: ml_collections.ConfigDict) -> dict[str, float]:
   """MLM loss and accuracy on the held-out split, with fixed masks."""
   outputs = [par.eval_step(state, par.put_batch(b)) for b in loader.eval_batches(
-      data.eval, global_batch=config.train.batch_size,
+      data.source("eval"), global_batch=config.train.batch_size,
       max_batches=config.train.eval_batches,
       process_index=jax.process_index(), process_count=jax.process_count())]
   return metrics_lib.summarize(
@@ -128,9 +128,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ) as checkpointer:
     restored = checkpointer.restore(par.abstract_state())
     if restored is None:
-      state, start = par.init_state(), 0
+      state, start, next_index = par.init_state(), 0, 0
     else:
       state, start = par.from_global(restored.state), restored.step
+      # Checkpoints without a data state predate it: position = step * batch.
+      next_index = (restored.data or loader.state_after(
+          0, start, t.batch_size))[loader.STATE_KEY]
       logging.info("Resumed from the checkpoint of step %d in %s", start,
                    checkpointer.directory)
       changes = _config_changes(restored.config, config.to_dict())
@@ -142,18 +145,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if start >= config.train.num_steps:
       logging.info("The run in %s is complete (step %d).", workdir, start)
       return _evaluate_and_log(par, state, data, config, start, writer)
-    return _train_loop(config, par, state, start, data, checkpointer, writer)
+    return _train_loop(config, par, state, start, next_index, data,
+                       checkpointer, writer)
 
 
-def _train_loop(config, par, state, start, data, checkpointer,
+def _train_loop(config, par, state, start, next_index, data, checkpointer,
                 writer) -> dict[str, float]:
-  """Steps from `start` to the end, logging, evaluating and checkpointing."""
+  """Steps from `start` to the end, logging, evaluating and checkpointing.
+
+  `next_index` is the data stream position of step `start`'s batch.
+  """
   t, num_steps = config.train, config.train.num_steps
   schedule = optim.learning_rate_schedule(config.optim, num_steps)
-  batches = _to_device(loader.train_batches(
-      data.train, global_batch=t.batch_size, seed=config.seed,
-      start_step=start, process_index=jax.process_index(),
-      process_count=jax.process_count()), par.put_batch)
+  batches = _to_device(loader.train_iterator(
+      data.source("train"), global_batch=t.batch_size, seed=config.seed,
+      next_index=next_index, process_index=jax.process_index(),
+      process_count=jax.process_count(), threads=config.data.loader_threads),
+      par.put_batch)
   summary: dict[str, float] = {}
   meter = metrics_lib.IntervalMeter(par.fetch)
   for step in range(start, num_steps):
@@ -182,6 +190,7 @@ def _train_loop(config, par, state, start, data, checkpointer,
         summary.update(_evaluate_and_log(par, state, data, config, done,
                                          writer))
       if checkpointer.should_save(done) or done == num_steps:
-        checkpointer.save(done, par.to_global(state),
-                          config=config.to_dict(), force=True)
+        checkpointer.save(done, par.to_global(state), config=config.to_dict(),
+                          data=loader.state_after(next_index, done - start,
+                                                  t.batch_size), force=True)
   return summary

@@ -1,11 +1,19 @@
-"""Preparation: offline corpus -> tokenizer -> packed, split, cached arrays."""
+"""Preparation: source -> tokenizer -> packed ArrayRecord shards + manifest."""
+import gzip
+import json
+
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from configs_loader import load_config
+from mlm_jax import config as config_lib
 from mlm_jax import tokenizer as tok
-from mlm_jax.data import packing
+from mlm_jax.data import chunks
 from mlm_jax.data import prepare
+
+PROSE = ("The model reads every sentence of the corpus once per epoch, and "
+         "the masks change each time it does. ")
 
 
 def small_config(cache_dir, **data):
@@ -16,39 +24,124 @@ def small_config(cache_dir, **data):
   cfg.data.max_documents = 300
   cfg.data.seq_len = 64
   cfg.data.eval_fraction = 0.05
+  cfg.data.workers = 1
   cfg.data.update(data)
   return cfg
 
 
-def test_prepared_arrays_manifest_and_tokenizer(cache_dir):
+def all_examples(data, split):
+  ds = data.source(split)
+  return [ds[i] for i in range(len(ds))]
+
+
+def test_offline_source_through_tfds_to_shards(cache_dir):
   data = prepare.prepare(small_config(cache_dir))
   m = data.manifest
+  assert m["spec"]["source"]["name"].startswith("mlm_jax_offline/")
   assert m["documents"] == 300
   assert data.tokenizer.vocab_size == 400 == m["vocab_size"]
-  n_train, n_eval = m["examples"]["train"], m["examples"]["eval"]
-  assert n_eval == max(1, round(0.05 * (n_train + n_eval)))
-  for split, n in ((data.train, n_train), (data.eval, n_eval)):
-    assert set(split) == set(prepare.FIELDS)
-    for v in split.values():
-      assert v.shape == (n, 64) and v.dtype == np.int32
-  tokens = np.concatenate([data.train["tokens"], data.eval["tokens"]])
-  assert np.all(tokens[:, 0] == tok.CLS_ID)
+  assert (data.directory / "tokenizer.model").exists()
+  train, held = all_examples(data, "train"), all_examples(data, "eval")
+  assert (len(train), len(held)) == (m["examples"]["train"],
+                                     m["examples"]["eval"])
+  assert len(held) == max(1, round(0.05 * (len(train) + len(held))))
+  tokens = np.stack([e["tokens"] for e in train + held])
+  assert tokens.shape[1] == 64 and np.all(tokens[:, 0] == tok.CLS_ID)
   assert int(np.sum(tokens != tok.PAD_ID)) == m["tokens"]
   assert m["packing_efficiency"] > 0.99
-  # Ordinary ids decode to the corpus's English text.
-  text = data.tokenizer.decode(data.train["tokens"][0][1:-1])
+  text = data.tokenizer.decode(train[0]["tokens"][1:-1])
   assert sum(c.isalpha() for c in text) > 0.6 * len(text)
 
 
-def test_second_call_reuses_and_other_settings_rebuild(cache_dir):
-  a = prepare.prepare(small_config(cache_dir))
-  stamp = (a.directory / "manifest.json").stat().st_mtime_ns
-  b = prepare.prepare(small_config(cache_dir))
-  assert b.directory == a.directory
-  assert (b.directory / "manifest.json").stat().st_mtime_ns == stamp
-  c = prepare.prepare(small_config(cache_dir, seq_len=32))
-  assert c.directory != a.directory
-  assert c.train["tokens"].shape[1] == 32
+def test_reuse_mismatch_and_non_dataset_dirs(cache_dir, tmp_path):
+  target = tmp_path / "prepared"
+  a = prepare.prepare(small_config(cache_dir, dir=str(target)))
+  stamp = (target / "manifest.json").stat().st_mtime_ns
+  b = prepare.prepare(small_config(cache_dir, dir=str(target)))
+  assert b.directory == target
+  assert (target / "manifest.json").stat().st_mtime_ns == stamp  # reused
+  assert a.manifest == b.manifest
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"holds data prepared with another config "
+                     r"\(seq_len: 64 -> 32\)"):
+    prepare.prepare(small_config(cache_dir, dir=str(target), seq_len=32))
+  junk = tmp_path / "junk"
+  junk.mkdir()
+  (junk / "notes.txt").write_text("mine")
+  with pytest.raises(config_lib.ConfigError, match="not empty and has no "
+                     "manifest.json"):
+    prepare.prepare(small_config(cache_dir, dir=str(junk)))
+  assert (junk / "notes.txt").read_text() == "mine"  # untouched
+
+
+def test_shards_identical_for_any_number_of_workers(cache_dir, tmp_path,
+                                                    monkeypatch):
+  monkeypatch.setattr(prepare, "CHUNK_BYTES", 20_000)  # several chunks
+  one = prepare.prepare(small_config(cache_dir, dir=str(tmp_path / "w1")))
+  two = prepare.prepare(small_config(cache_dir, dir=str(tmp_path / "w2"),
+                                     workers=2))
+  assert len(one.manifest["shards"]["train"]) > 2
+  for split in ("train", "eval"):
+    assert one.manifest["shards"][split] == two.manifest["shards"][split]
+    for a, b in zip(one.shards(split), two.shards(split)):
+      assert a.read_bytes() == b.read_bytes()
+
+
+def test_local_files_with_bad_input_are_counted_not_fatal(cache_dir,
+                                                          tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  lines = [json.dumps({"text": PROSE * (1 + i % 5)}) for i in range(60)]
+  lines[3] = "{not json"
+  lines[7] = json.dumps({"body": "wrong field"})
+  (corpus / "a.jsonl").write_text("\n".join(lines) + "\n")
+  with gzip.open(corpus / "b.jsonl.gz", "wt") as f:
+    f.write("\n".join(lines[:20]) + "\n")
+  (corpus / "c.jsonl").write_bytes(
+      json.dumps({"text": PROSE}).encode() + b"\n" + b'{"text": "caf\xe9"}\n')
+  cfg = small_config(cache_dir, source="files", files=str(corpus),
+                     files_format="jsonl", max_documents=0)
+  # This tiny corpus is too repetitive to train 400 pieces on: reuse one.
+  cfg.tokenizer.path = str(prepare.prepare(small_config(
+      cache_dir)).tokenizer.path)
+  data = prepare.prepare(cfg)
+  stats = data.manifest["read_stats"]
+  assert stats["files"] == 3
+  assert stats["bad_json_lines"] == 2 and stats["missing_field_lines"] == 2
+  assert stats["decode_errors"] == 1
+  assert data.manifest["documents"] == 58 + 18 + 2
+
+
+def test_missing_files_and_empty_glob_are_clear(cache_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope"):
+    prepare.prepare(small_config(cache_dir, source="files",
+                                 files=str(tmp_path / "nope.txt")))
+  with pytest.raises(FileNotFoundError, match=r"\*\.zzz"):
+    prepare.prepare(small_config(cache_dir, source="files",
+                                 files=str(tmp_path / "*.zzz")))
+  with pytest.raises(config_lib.ConfigError, match="config.data.files"):
+    prepare.prepare(small_config(cache_dir, source="files"))
+
+
+def test_tfds_source_under_mock_data(cache_dir, tmp_path):
+  with tfds.testing.mock_data(num_examples=40):
+    data = prepare.prepare(small_config(
+        cache_dir, source="tfds", tfds_name="lm1b", max_documents=0,
+        dir=str(tmp_path / "lm1b")))
+  assert data.manifest["documents"] > 0
+  assert data.manifest["spec"]["source"]["name"] == "lm1b"
+  assert len(data.source("train")) == data.manifest["examples"]["train"]
+
+
+def test_sentence_pairs(cache_dir):
+  data = prepare.prepare(small_config(cache_dir, packing="pairs"))
+  train = all_examples(data, "train")
+  assert train
+  for ex in train[:50]:
+    seps = np.nonzero(ex["tokens"] == tok.SEP_ID)[0]
+    assert len(seps) == 2
+    assert np.all(ex["segment_ids"][seps[0] + 1:seps[1] + 1] == 1)
+    assert np.all(ex["segment_ids"][:seps[0] + 1] == 0)
 
 
 def test_existing_tokenizer_file_is_used(cache_dir, tmp_path):
@@ -59,32 +152,27 @@ def test_existing_tokenizer_file_is_used(cache_dir, tmp_path):
   cfg.tokenizer.path = str(model)
   given = prepare.prepare(cfg)
   assert given.tokenizer.fingerprint == own.tokenizer.fingerprint
-  np.testing.assert_array_equal(given.train["tokens"], own.train["tokens"])
-
-
-def test_missing_tokenizer_file_is_a_clear_error(cache_dir, tmp_path):
-  cfg = small_config(cache_dir)
+  assert ([s.read_bytes() for s in given.shards("train")]
+          == [s.read_bytes() for s in own.shards("train")])
   cfg.tokenizer.path = str(tmp_path / "nope.model")
   with pytest.raises(FileNotFoundError, match="config.tokenizer.path: no file"):
     prepare.prepare(cfg)
 
 
-def test_failed_build_leaves_nothing_that_looks_complete(cache_dir,
+def test_failed_build_leaves_nothing_that_looks_complete(cache_dir, tmp_path,
                                                          monkeypatch):
-  cfg = small_config(cache_dir, seq_len=48)
-  def boom(*a, **k):
+  target = tmp_path / "t"
+  def boom(job):
     raise RuntimeError("disk full")
-  monkeypatch.setattr(packing, "pack_documents", boom)
+  monkeypatch.setattr(chunks, "process", boom)
   with pytest.raises(RuntimeError, match="disk full"):
-    prepare.prepare(cfg)
-  root = cache_dir / "prepared"
-  assert not [p for p in root.iterdir() if "-L48-" in p.name]
-  assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    prepare.prepare(small_config(cache_dir, dir=str(target)))
+  assert not target.exists()
+  assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
   monkeypatch.undo()
-  assert prepare.prepare(cfg).train["tokens"].shape[1] == 48
+  assert prepare.prepare(small_config(cache_dir, dir=str(target))).manifest
 
 
-def test_unknown_corpus(cache_dir):
-  cfg = small_config(cache_dir, corpus="c4")
-  with pytest.raises(ValueError, match="config.data.corpus: unknown corpus"):
-    prepare.prepare(cfg)
+def test_unknown_source_is_a_config_error(cache_dir):
+  with pytest.raises(config_lib.ConfigError, match="config.data.source"):
+    prepare.prepare(small_config(cache_dir, source="c4"))

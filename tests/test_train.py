@@ -60,6 +60,7 @@ def test_launcher_trains_evaluates_checkpoints_and_resumes_exactly(
   assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == [
       "4", "8"]
   assert (work / "tokenizer.model").exists()
+  assert (ckpts / "4" / "data").is_dir()  # the loader's position
   full = train_losses(work)
 
   # Lose the last checkpoint, as after a crash: the rerun resumes at step 4
@@ -73,6 +74,28 @@ def test_launcher_trains_evaluates_checkpoints_and_resumes_exactly(
   # A finished run only re-evaluates.
   proc = launch(work, cache_dir)
   assert "is complete (step 8)" in proc.stderr
+
+
+def test_prepare_data_then_pretrain_reuses_it(tmp_path, cache_dir):
+  prepared = tmp_path / "prepared"
+  cmd = [sys.executable, str(ROOT / "experiments" / "prepare_data.py"),
+         "--config", f"{ROOT / 'configs' / 'bert.py'}:size=tiny,runlocal",
+         f"--config.data.cache_dir={cache_dir}", f"--config.data.dir={prepared}",
+         "--config.data.packing=pairs", *TINY]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert str(prepared) in proc.stdout and '"examples"' in proc.stdout
+  proc = launch(tmp_path / "run", cache_dir, f"--config.data.dir={prepared}",
+                "--config.data.packing=pairs", "--config.train.num_steps=2",
+                "--config.train.checkpoint_every=2")
+  assert "Preparing" not in proc.stderr
+  assert sorted(train_losses(tmp_path / "run")) == [2]
+  # The same directory with another config is refused, not reused.
+  proc = launch(tmp_path / "run2", cache_dir, f"--config.data.dir={prepared}",
+                check=False)
+  assert proc.returncode == 2
+  assert "holds data prepared with another config (packing: 'pairs' -> " \
+      "'stream')" in proc.stderr.splitlines()[-1]
 
 
 def test_launcher_bad_input_is_one_line(tmp_path, cache_dir):
@@ -108,7 +131,8 @@ def test_in_process_jit_run_learns(tmp_path, cache_dir):
   # starts, and the entropy of the unigram distribution of maskable tokens,
   # which a model reaches by learning token frequencies alone.
   from mlm_jax.data import prepare
-  tokens = np.asarray(prepare.prepare(cfg).train["tokens"])
+  train_split = prepare.prepare(cfg).source("train")
+  tokens = np.stack([train_split[i]["tokens"] for i in range(len(train_split))])
   counts = np.bincount(tokens[tokens >= 5])
   p = counts[counts > 0] / counts.sum()
   uniform, unigram = np.log(400), float(-np.sum(p * np.log(p)))

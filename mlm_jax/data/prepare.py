@@ -1,141 +1,208 @@
-"""Corpus -> tokenizer -> packed train/eval examples, prepared once, cached.
+"""Corpus -> tokenizer -> packed ArrayRecord shards, prepared once per config.
 
-A prepared dataset is a directory named by a fingerprint of everything that
-shapes it (corpus file, document cap, tokenizer, sequence length):
+A prepared dataset is a directory:
 
-  <cache_dir>/prepared/<name>/
-    tokenizer.model        the SentencePiece model the ids refer to
-    train.<field>.npy      packed examples, memory-mapped when loaded
-    eval.<field>.npy       the held-out split
-    manifest.json          what went in, and counts of what came out
+  tokenizer.model                the SentencePiece model the ids refer to
+  train-000000.array_record ...  packed examples (see `records`)
+  eval-000000.array_record ...   the held-out split
+  manifest.json                  what went in (`spec`) and what came out
 
-It is built in a temporary directory and renamed into place, so a directory
-that exists is complete, and a crash never leaves a half-written dataset that
-looks usable. A second run with the same config reuses it.
+`config.data.dir` names it; left empty, it is a directory under
+`config.data.cache_dir` named by a fingerprint of the spec. It is built in a
+temporary sibling directory and renamed into place when complete, so a
+directory with a manifest is always whole. An existing directory whose
+manifest matches the config is reused; one that does not match is an error,
+never a silent reuse.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 from typing import Iterator
 
+import grain
 import ml_collections
-import numpy as np
 from absl import logging
 
 from mlm_jax import config as config_lib
 from mlm_jax import tokenizer as tok
-from mlm_jax.data import offline
-from mlm_jax.data import packing
+from mlm_jax.data import chunks
+from mlm_jax.data import files
+from mlm_jax.data import records
+from mlm_jax.data import sources
 
-FIELDS = ("tokens", "segment_ids", "positions")
-# Seed of the train/eval split: fixed, so every run seed of a sweep is
-# evaluated on the same held-out examples.
-SPLIT_SEED = 0
-# Documents tokenized per call of the C++ batch encoder.
-_ENCODE_BATCH = 2048
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
+# Documents are cut into chunks of about this much text, one per task.
+CHUNK_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
-  """A prepared dataset: its tokenizer and its packed example arrays."""
+  """A prepared dataset: its tokenizer, manifest and shards."""
   directory: pathlib.Path
   tokenizer: tok.Tokenizer
-  train: dict[str, np.ndarray]  # FIELDS -> [num_train, seq_len] int32
-  eval: dict[str, np.ndarray]   # FIELDS -> [num_eval, seq_len] int32
   manifest: dict
 
+  @property
+  def seq_len(self) -> int:
+    return self.manifest["spec"]["seq_len"]
 
-def corpus_path(data: ml_collections.ConfigDict) -> pathlib.Path:
-  """The corpus file named by `config.data.corpus`, built if needed."""
-  cache = pathlib.Path(data.cache_dir).expanduser()
-  if data.corpus == "offline":
-    return offline.offline_corpus(cache / "corpora")
-  raise config_lib.ConfigError(
-      f"config.data.corpus: unknown corpus {data.corpus!r}; use 'offline'.")
+  def num_examples(self, split: str) -> int:
+    return self.manifest["examples"][split]
+
+  def shards(self, split: str) -> list[pathlib.Path]:
+    return [self.directory / name for name in self.manifest["shards"][split]]
+
+  def source(self, split: str) -> grain.MapDataset:
+    """Random access to the split's decoded examples."""
+    return records.source(self.shards(split), self.seq_len,
+                          self.tokenizer.vocab_size)
 
 
-def _documents(corpus: pathlib.Path, max_documents: int) -> Iterator[str]:
-  docs = offline.read_documents(corpus)
-  return itertools.islice(docs, max_documents) if max_documents else docs
+def spec(config: ml_collections.ConfigDict) -> dict:
+  """Everything that determines the prepared examples, and nothing else."""
+  d, t = config.data, config.tokenizer
+  if t.path:
+    path = pathlib.Path(t.path).expanduser()
+    if not path.is_file():
+      raise FileNotFoundError(
+          f"config.tokenizer.path: no file at {path}; give an existing "
+          "SentencePiece .model file, or leave it empty to train one.")
+    tokenizer = {"file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+  else:
+    tokenizer = {"vocab_size": config.vocab_size, "model_type": t.model_type,
+                 "max_sentences": t.max_sentences,
+                 "train_documents": t.train_documents}
+  return {"version": PREPARE_VERSION, "source": sources.describe(d),
+          "source_fingerprint": sources.fingerprint(d),
+          "max_documents": d.max_documents, "tokenizer": tokenizer,
+          "seq_len": d.seq_len, "packing": d.packing,
+          "eval_fraction": d.eval_fraction}
 
 
-def _fingerprint(spec: dict) -> str:
-  return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[
+def _fingerprint(s: dict) -> str:
+  return hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[
       :16]
 
 
-def _file_digest(path: pathlib.Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def default_directory(config: ml_collections.ConfigDict, s: dict
+                      ) -> pathlib.Path:
+  name = f"{config.data.source}-L{config.data.seq_len}-{_fingerprint(s)}"
+  return pathlib.Path(config.data.cache_dir).expanduser() / "prepared" / name
 
 
-def _spec(config: ml_collections.ConfigDict, corpus: pathlib.Path) -> dict:
-  """Everything that determines the prepared arrays, and nothing else."""
-  t = config.tokenizer
-  if t.path:
-    tokenizer = {"file": _file_digest(pathlib.Path(t.path).expanduser())}
-  else:
-    tokenizer = {"vocab_size": config.vocab_size, "model_type": t.model_type,
-                 "max_sentences": t.max_sentences}
-  return {"version": PREPARE_VERSION, "corpus": corpus.name,
-          "max_documents": config.data.max_documents, "tokenizer": tokenizer,
-          "seq_len": config.data.seq_len,
-          "eval_fraction": config.data.eval_fraction,
-          "split_seed": SPLIT_SEED}
+def _differences(old, new, prefix="") -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    return [d for k in sorted(set(old) | set(new))
+            for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+  return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
-def _tokenize(tokenizer: tok.Tokenizer, texts: Iterator[str]):
-  while batch := list(itertools.islice(texts, _ENCODE_BATCH)):
-    yield from tokenizer.encode(batch)
+def _documents(config, stats=None, limit: int = 0) -> Iterator[str]:
+  docs = sources.documents(config.data, stats)
+  limit = min(filter(None, (limit, config.data.max_documents)), default=0)
+  return itertools.islice(docs, limit) if limit else docs
 
 
-def _build(config, corpus: pathlib.Path, spec: dict,
-           out: pathlib.Path) -> dict:
-  """Writes tokenizer, arrays and manifest into the directory `out`."""
+def _chunked(texts: Iterator[str]) -> Iterator[list[str]]:
+  chunk, size = [], 0
+  for text in texts:
+    chunk.append(text)
+    size += len(text)
+    if size >= CHUNK_BYTES:
+      yield chunk
+      chunk, size = [], 0
+  if chunk:
+    yield chunk
+
+
+def _bounded_imap(pool, fn, jobs, max_in_flight: int):
+  """Like `pool.imap` (ordered), but reads `jobs` only as results are
+  consumed: `imap` would queue every chunk of a huge corpus in memory."""
+  in_flight = collections.deque()
+  for job in jobs:
+    in_flight.append(pool.apply_async(fn, (job,)))
+    if len(in_flight) >= max_in_flight:
+      yield in_flight.popleft().get()
+  while in_flight:
+    yield in_flight.popleft().get()
+
+
+def _progress(total: int | None):
+  import tqdm  # a dependency of tensorflow-datasets
+  return tqdm.tqdm(total=total, unit=" docs", disable=not sys.stderr.isatty(),
+                   desc="prepare")
+
+
+def _build(config, s: dict, out: pathlib.Path) -> dict:
+  """Writes tokenizer, shards and manifest into the directory `out`."""
   start = time.perf_counter()
   model = out / "tokenizer.model"
   if config.tokenizer.path:
     shutil.copyfile(pathlib.Path(config.tokenizer.path).expanduser(), model)
   else:
     tok.train_sentencepiece(
-        _documents(corpus, config.data.max_documents), model,
+        _documents(config, limit=config.tokenizer.train_documents), model,
         vocab_size=config.vocab_size, model_type=config.tokenizer.model_type,
         max_sentences=config.tokenizer.max_sentences)
   tokenizer = tok.Tokenizer.load(model)  # validates the reserved ids
   tokenizer_seconds = time.perf_counter() - start
 
-  num_docs = 0
-  def counted(docs):
-    nonlocal num_docs
-    for d in docs:
-      num_docs += 1
-      yield d
-  packed = packing.pack_documents(
-      _tokenize(tokenizer, counted(_documents(corpus, config.data.max_documents))),
-      config.data.seq_len)
-  num_examples = len(packed["tokens"])
-  train_idx, eval_idx = packing.split_train_eval(
-      num_examples, config.data.eval_fraction, seed=SPLIT_SEED)
-  for split, idx in (("train", train_idx), ("eval", eval_idx)):
-    for field in FIELDS:
-      np.save(out / f"{split}.{field}.npy", packed[field][idx])
+  stats = files.ReadStats()
+  jobs = (chunks.ChunkJob(i, texts, str(model), config.data.seq_len,
+                          config.data.packing, config.data.eval_fraction,
+                          str(out))
+          for i, texts in enumerate(_chunked(_documents(config, stats))))
+  workers = config.data.workers or os.cpu_count() or 1
+  totals = {"documents": 0, "train": 0, "eval": 0, "tokens": 0,
+            "text_bytes": 0, "chunks": 0}
+  with _progress(config.data.max_documents or None) as bar:
+    if workers == 1:
+      results = map(chunks.process, jobs)
+      pool = None
+    else:
+      # Spawned, not forked: the parent may already run JAX threads.
+      pool = multiprocessing.get_context("spawn").Pool(workers)
+      results = _bounded_imap(pool, chunks.process, jobs, 2 * workers)
+    try:
+      for counts in results:
+        totals["chunks"] += 1
+        for k in ("documents", "train", "eval", "tokens", "text_bytes"):
+          totals[k] += counts[k]
+        bar.update(counts["documents"])
+    finally:
+      if pool is not None:
+        pool.terminate()
+  if not totals["train"]:
+    raise ValueError(
+        f"No training examples from {sources.describe(config.data)}: the "
+        "source yielded no text (see the read summary above).")
+  pack_seconds = time.perf_counter() - start - tokenizer_seconds
+  slots = (totals["train"] + totals["eval"]) * config.data.seq_len
   manifest = {
-      "spec": spec, "corpus_path": str(corpus),
-      "tokenizer_fingerprint": tokenizer.fingerprint,
-      "vocab_size": tokenizer.vocab_size, "documents": num_docs,
-      "examples": {"train": len(train_idx), "eval": len(eval_idx)},
-      "tokens": int(np.sum(packed["tokens"] != tok.PAD_ID)),
-      "packing_efficiency": packing.packing_efficiency(packed["tokens"]),
+      "spec": s, "tokenizer_fingerprint": tokenizer.fingerprint,
+      "vocab_size": tokenizer.vocab_size, "documents": totals["documents"],
+      "examples": {"train": totals["train"], "eval": totals["eval"]},
+      "tokens": totals["tokens"], "text_bytes": totals["text_bytes"],
+      "packing_efficiency": totals["tokens"] / max(slots, 1),
+      "shards": {split: sorted(p.name for p in out.glob(f"{split}-*"))
+                 for split in ("train", "eval")},
+      "read_stats": dataclasses.asdict(stats) if config.data.source == "files"
+                    else None,
       "seconds": {"tokenizer": round(tokenizer_seconds, 2),
-                  "total": round(time.perf_counter() - start, 2)},
+                  "pack": round(pack_seconds, 2)},
+      "pack_mb_per_s": totals["text_bytes"] / 2 ** 20 / max(pack_seconds, 1e-9),
+      "workers": workers,
   }
   (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
   return manifest
@@ -143,34 +210,41 @@ def _build(config, corpus: pathlib.Path, spec: dict,
 
 def _load(directory: pathlib.Path) -> PreparedData:
   manifest = json.loads((directory / "manifest.json").read_text())
-  arrays = {split: {f: np.load(directory / f"{split}.{f}.npy", mmap_mode="r")
-                    for f in FIELDS} for split in ("train", "eval")}
-  return PreparedData(directory, tok.Tokenizer.load(directory /
-                                                    "tokenizer.model"),
-                      arrays["train"], arrays["eval"], manifest)
+  return PreparedData(directory, tok.Tokenizer.load(
+      directory / "tokenizer.model"), manifest)
 
 
 def prepare(config: ml_collections.ConfigDict) -> PreparedData:
-  """Returns the prepared dataset for `config`, building it if absent."""
-  if config.tokenizer.path:
-    path = pathlib.Path(config.tokenizer.path).expanduser()
-    if not path.is_file():
-      raise FileNotFoundError(
-          f"config.tokenizer.path: no file at {path}; give an existing "
-          "SentencePiece .model file, or leave it empty to train one.")
-  corpus = corpus_path(config.data)
-  spec = _spec(config, corpus)
-  root = pathlib.Path(config.data.cache_dir).expanduser() / "prepared"
-  directory = root / f"{corpus.stem}-L{config.data.seq_len}-{_fingerprint(spec)}"
-  if not directory.exists():
-    root.mkdir(parents=True, exist_ok=True)
-    logging.info("Preparing %s into %s", corpus, directory)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-    try:
-      manifest = _build(config, corpus, spec, tmp)
-      os.replace(tmp, directory)
-    except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise
-    logging.info("Prepared: %s", json.dumps(manifest))
+  """Returns the prepared dataset of `config`, building it if absent."""
+  s = spec(config)
+  directory = (pathlib.Path(config.data.dir).expanduser() if config.data.dir
+               else default_directory(config, s))
+  manifest = directory / "manifest.json"
+  if manifest.exists():
+    diff = _differences(json.loads(manifest.read_text())["spec"], s)
+    if diff:
+      raise config_lib.ConfigError(
+          f"config.data.dir: {directory} holds data prepared with another "
+          f"config ({'; '.join(diff)}); use another data.dir, or delete "
+          "that one to rebuild it")
+    return _load(directory)
+  if directory.exists() and any(directory.iterdir()):
+    raise config_lib.ConfigError(
+        f"config.data.dir: {directory} is not empty and has no manifest.json, "
+        "so it is not a prepared dataset; name a new or empty directory")
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  logging.info("Preparing %s into %s", s["source"], directory)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent,
+                                      prefix=f".{directory.name}.tmp-"))
+  try:
+    built = _build(config, s, tmp)
+    if directory.exists():
+      directory.rmdir()  # empty, checked above
+    os.replace(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  logging.info("Prepared %s: %s", directory, json.dumps(
+      {k: built[k] for k in ("documents", "examples", "tokens",
+                             "packing_efficiency", "pack_mb_per_s")}))
   return _load(directory)
