@@ -140,3 +140,20 @@ def format_table(rows: list[tuple[ml_collections.ConfigDict, StepTiming]]
         f"{t.compile_seconds:.2f} | {t.mfu:.2f} | "
         f"{t.peak_host_memory_gb:.2f} |")
   return "\n".join(lines)
+
+
+def time_loader(examples, *, global_batch: int, threads: int,
+                batches: int = 50, repeats: int = 3) -> float:
+  """Median examples/s of the training loader over `repeats` runs."""
+  from mlm_jax.data import loader  # only the data benchmark needs grain
+  rates = []
+  for r in range(repeats):
+    it = loader.train_iterator(examples, global_batch=global_batch, seed=r,
+                               threads=threads)
+    next(it)  # start-up (thread pool, first reads) is not throughput
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    rates.append(batches * global_batch / (time.perf_counter() - start))
+    it.close()
+  return statistics.median(rates)
