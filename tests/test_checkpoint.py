@@ -17,8 +17,12 @@ from mlm_jax import checkpoint as ckpt
 # callbacks aimed at orbax's closed event loop; Python reports them, when they
 # are garbage-collected, as unraisable exceptions. Harmless; collected (and
 # ignored) at the end of the test that caused them.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning")
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in:pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:coroutine .* was never awaited:RuntimeWarning"),
+]
 
 
 @pytest.fixture(autouse=True)
