@@ -32,6 +32,8 @@ class ChunkJob:
   packing: str  # 'stream' or 'pairs'
   eval_fraction: float
   out_dir: str
+  # SentencePiece threads: all cores for one worker, a share for several.
+  encode_threads: int = -1
 
 
 @functools.lru_cache(maxsize=2)
@@ -44,24 +46,26 @@ def shard_name(split: str, index: int) -> str:
 
 
 def pack_texts(texts: list[str], tokenizer: tok.Tokenizer, seq_len: int,
-               mode: str, seed: int) -> dict[str, np.ndarray]:
+               mode: str, seed: int,
+               encode_threads: int = -1) -> dict[str, np.ndarray]:
   """Tokenizes and packs texts into [N, seq_len] example arrays."""
+  encode = functools.partial(tokenizer.encode, num_threads=encode_threads)
   if mode == "pairs":
     sentences = [pairs.split_sentences(t) for t in texts]
-    flat = tokenizer.encode([s for doc in sentences for s in doc])
+    flat = encode([s for doc in sentences for s in doc])
     docs, start = [], 0
     for doc in sentences:
       docs.append(flat[start:start + len(doc)])
       start += len(doc)
     return pairs.pack_pairs(docs, seq_len, seed=seed)
-  return packing.pack_documents(tokenizer.encode(texts), seq_len)
+  return packing.pack_documents(encode(texts), seq_len)
 
 
 def process(job: ChunkJob) -> dict[str, int]:
   """Writes the chunk's train and eval shards; returns what it wrote."""
   tokenizer = _tokenizer(job.tokenizer_path)
   packed = pack_texts(job.texts, tokenizer, job.seq_len, job.packing,
-                      seed=job.index)
+                      seed=job.index, encode_threads=job.encode_threads)
   n = len(packed["tokens"])
   counts = {"documents": len(job.texts), "examples": n, "train": 0, "eval": 0,
             "tokens": int(np.sum(packed["tokens"] != tok.PAD_ID)),

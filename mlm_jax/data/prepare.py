@@ -159,11 +159,12 @@ def _build(config, s: dict, out: pathlib.Path) -> dict:
   tokenizer_seconds = time.perf_counter() - start
 
   stats = files.ReadStats()
+  workers = config.data.workers or os.cpu_count() or 1
+  threads = -1 if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
   jobs = (chunks.ChunkJob(i, texts, str(model), config.data.seq_len,
                           config.data.packing, config.data.eval_fraction,
-                          str(out))
+                          str(out), threads)
           for i, texts in enumerate(_chunked(_documents(config, stats))))
-  workers = config.data.workers or os.cpu_count() or 1
   totals = {"documents": 0, "train": 0, "eval": 0, "tokens": 0,
             "text_bytes": 0, "chunks": 0}
   with _progress(config.data.max_documents or None) as bar:
