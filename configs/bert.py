@@ -132,6 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   # Global batch size in sequences, split over all devices.
   config.train.batch_size = 256
+  # Micro-batches per step: the batch is processed in this many slices whose
+  # gradients are summed (same result, less activation memory).
+  config.train.accum_steps = 1
   # Optimizer steps in the whole run.
   config.train.num_steps = 1_000_000
   # Log training metrics every this many steps.

@@ -138,6 +138,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
          "train.batch_size",
          f"{t.batch_size} is not divisible by the {num_devices} devices",
          f"use a multiple of {num_devices}")
+  _check(t.accum_steps >= 1
+         and t.batch_size % (num_devices * t.accum_steps) == 0,
+         "train.accum_steps",
+         f"{t.accum_steps} micro-batches do not split the per-device batch "
+         f"({t.batch_size} over {num_devices} devices)",
+         "use a divisor of batch_size / devices")
   _check(t.num_steps > 0, "train.num_steps", f"{t.num_steps} is not positive",
          "train for at least one step")
   _check(config.parallel.mode in ("pmap", "jit"), "parallel.mode",

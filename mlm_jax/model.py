@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mlm_jax import objectives
 from mlm_jax import tokenizer as tok
 
 
@@ -246,8 +247,9 @@ class BertForMaskedLM(nn.Module):
                                   (self.cfg.vocab_size,), jnp.float32)
 
   def __call__(self, tokens, segment_ids, positions, mask_positions, *,
-               deterministic: bool = True, document_ids=None):
-    """MLM logits at the selected positions.
+               deterministic: bool = True, document_ids=None, labels=None,
+               weights=None):
+    """MLM logits at the selected positions, or their loss given labels.
 
     Args:
       tokens: [B, L] int32 (already masked) input ids.
@@ -257,11 +259,19 @@ class BertForMaskedLM(nn.Module):
       deterministic: disables dropout when True.
       document_ids: [B, L] int32 document of each token in its packed
         example; used only when `cfg.attend_across_documents` is False.
+      labels, weights: [B, P] targets and their weights. When given, the
+        logits are never materialised for the caller: the result is
+        `objectives.mlm_head_metrics`, whose fused backward pass is the
+        fast way to train.
     Returns:
-      [B, P, V] float32 logits.
+      [B, P, V] float32 logits, or the metric sums given labels.
     """
     hidden = self.bert(tokens, segment_ids, positions,
                        deterministic=deterministic, document_ids=document_ids)
     h = jnp.take_along_axis(hidden, mask_positions[..., None], axis=1)
     h = self.transform_norm(nn.gelu(self.transform(h), approximate=False))
+    if labels is not None:
+      table = self.bert.word_embeddings.embedding.astype(h.dtype)
+      return objectives.mlm_head_metrics(h, table, self.output_bias, labels,
+                                         weights)
     return self.bert.attend(h) + self.output_bias

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import optax
 
 from mlm_jax import masking
-from mlm_jax import objectives
 from mlm_jax import tokenizer as tok
 
 Batch = dict[str, jax.Array]
@@ -44,6 +43,8 @@ class MLMTask:
   rate: float = 0.15
   mask_prob: float = 0.8
   random_prob: float = 0.1
+  # Micro-batches per step: gradients summed over a scan, one update.
+  accum_steps: int = 1
 
   def mask(self, batch: Batch, stream: int) -> masking.Masked:
     keys = masking.example_keys(self.seed, stream, batch["example_id"])
@@ -67,13 +68,15 @@ def init_state(task: MLMTask, seq_len: int) -> TrainState:
                     opt_state=task.tx.init(params))
 
 
-def _logits(task: MLMTask, params, masked: masking.Masked, batch: Batch,
-            dropout_key=None):
+def _mlm_metrics(task: MLMTask, params, masked: masking.Masked, batch: Batch,
+                 dropout_key=None) -> Metrics:
+  """Loss and accuracy sums at the masked slots (the model's fused head)."""
   return task.model.apply(
       {"params": params}, masked.inputs, batch["segment_ids"],
       batch["positions"], masked.positions,
       deterministic=dropout_key is None,
-      document_ids=batch.get("document_ids"),
+      document_ids=batch.get("document_ids"), labels=masked.labels,
+      weights=masked.weights,
       rngs=None if dropout_key is None else {"dropout": dropout_key})
 
 
@@ -102,12 +105,32 @@ def train_step(state: TrainState, batch: Batch, *, task: MLMTask,
     dropout_key = jax.random.fold_in(dropout_key,
                                      jax.lax.axis_index(axis_name))
 
-  def loss_fn(params):
-    logits = _logits(task, params, masked, batch, dropout_key)
-    metrics = objectives.mlm_metrics(logits, masked.labels, masked.weights)
-    return metrics["mlm_loss_sum"] / global_count, metrics
+  def grad_fn(params, micro, key):
+    """Gradient of this micro-batch's share of the global mean loss."""
+    def loss_fn(params):
+      metrics = _mlm_metrics(task, params, micro[0], micro[1], key)
+      return metrics["mlm_loss_sum"] / global_count, metrics
+    return jax.grad(loss_fn, has_aux=True)(params)
 
-  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+  if task.accum_steps == 1:
+    grads, metrics = grad_fn(state.params, (masked, batch), dropout_key)
+  else:
+    # Each micro-batch's loss is divided by the count of the WHOLE batch,
+    # so the summed gradients equal the large batch's gradient.
+    split = lambda x: x.reshape((task.accum_steps, -1) + x.shape[1:])
+    micros = jax.tree.map(split, (masked, batch))
+
+    def body(carry, xs):
+      i, micro = xs
+      grads, metrics = grad_fn(state.params, micro,
+                               jax.random.fold_in(dropout_key, i))
+      return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        grad_fn, state.params, jax.tree.map(lambda x: x[0], micros),
+        dropout_key))
+    (grads, metrics), _ = jax.lax.scan(
+        body, zeros, (jnp.arange(task.accum_steps), micros))
   grads = _psum(grads, axis_name)
   updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -128,6 +151,4 @@ def eval_step(params, batch: Batch, *, task: MLMTask,
   and therefore contribute nothing.
   """
   masked = task.mask(batch, masking.EVAL_MASK_STREAM)
-  logits = _logits(task, params, masked, batch)
-  metrics = objectives.mlm_metrics(logits, masked.labels, masked.weights)
-  return _psum(metrics, axis_name)
+  return _psum(_mlm_metrics(task, params, masked, batch), axis_name)

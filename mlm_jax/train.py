@@ -36,7 +36,8 @@ def build_task(config: ml_collections.ConfigDict) -> step_lib.MLMTask:
       seed=config.seed, vocab_size=config.vocab_size,
       max_predictions=config_lib.max_predictions(config),
       rate=config.masking.rate, mask_prob=config.masking.mask_prob,
-      random_prob=config.masking.random_prob)
+      random_prob=config.masking.random_prob,
+      accum_steps=config.train.accum_steps)
 
 
 def _to_device(batches: Iterator, put, depth: int = 2) -> Iterator:

@@ -148,3 +148,41 @@ def test_initial_loss_of_tiny_model_is_about_log_vocab():
   assert metrics["mlm_count"] == 3 * 9 + 6
   mean_loss = metrics["mlm_loss_sum"] / metrics["mlm_count"]
   assert abs(mean_loss - math.log(cfg.vocab_size)) < 0.15, mean_loss
+
+
+def _fused_case(seed=0, n=12, h=8, v=37):
+  rng = np.random.default_rng(seed)
+  hid = jnp.asarray(rng.normal(size=(3, n // 3, h)), jnp.float32)
+  table = jnp.asarray(rng.normal(size=(v, h)) * 0.5, jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(v,)) * 0.1, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, v, (3, n // 3)), jnp.int32)
+  weights = jnp.asarray((rng.random((3, n // 3)) > 0.3), jnp.float32)
+  return hid, table, bias, labels, weights
+
+
+def test_fused_head_equals_logits_then_loss_in_value_and_gradient():
+  hid, table, bias, labels, weights = _fused_case()
+  def reference(hid, table, bias):
+    logits = jnp.einsum("bph,vh->bpv", hid, table) + bias
+    return objectives.mlm_metrics(logits, labels, weights)
+  def fused(hid, table, bias):
+    return objectives.mlm_head_metrics(hid, table, bias, labels, weights)
+  ref, got = jax.jit(reference)(hid, table, bias), jax.jit(fused)(
+      hid, table, bias)
+  for k in ref:
+    np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)
+  loss = lambda f: lambda *a: f(*a)["mlm_loss_sum"] * 0.7
+  g_ref = jax.jit(jax.grad(loss(reference), argnums=(0, 1, 2)))(
+      hid, table, bias)
+  g_got = jax.jit(jax.grad(loss(fused), argnums=(0, 1, 2)))(hid, table, bias)
+  for a, b in zip(g_got, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_head_ignores_weight_zero_slots():
+  hid, table, bias, labels, weights = _fused_case(1)
+  weights = weights.at[0].set(0.0)
+  grad = jax.jit(jax.grad(lambda h: objectives.mlm_head_metrics(
+      h, table, bias, labels, weights)["mlm_loss_sum"]))(hid)
+  assert np.all(np.asarray(grad[0]) == 0.0)
+  assert np.any(np.asarray(grad[1]) != 0.0)

@@ -4,6 +4,7 @@ For the same global batches they must give the same loss curve (up to float
 reduction order), because masks follow example ids and the loss is a global
 sum over a global count.
 """
+import dataclasses
 import functools
 
 import jax
@@ -150,3 +151,20 @@ def test_eval_padding_rows_add_nothing():
   assert half["mlm_count"] < full["mlm_count"]
   for k in ("mlm_loss_sum", "mlm_correct_sum", "mlm_count"):
     np.testing.assert_allclose(half[k], float(ref[k]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("accum", [2, 4])
+def test_gradient_accumulation_equals_the_large_batch(reference, accum):
+  # Same global batch, split into micro-batches inside the jitted step: the
+  # same loss curve and parameters as one pass (dropout off), on one device,
+  # and under pmap where accum divides the per-device batch.
+  ref_losses, ref_state = reference
+  task = dataclasses.replace(_task(), accum_steps=accum)
+  losses, state = _single_device_curve(task)
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(state.params),
+                  jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+  if BATCH // jax.device_count() % accum == 0:
+    losses, _ = _curve(parallel.PmapParallel(task, SEQ))
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
