@@ -10,6 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mlm_jax import cli
+from mlm_jax import hostenv
 from mlm_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -24,6 +25,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs()
   with cli.one_line_errors():
+    hostenv.use_allocator(_CONFIG.value.host.allocator)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
