@@ -2,23 +2,26 @@
 
   python experiments/benchmark.py --config configs/bert.py:size=tiny,runlocal \\
       --workdir /tmp/mlm_bench
+  # Against Hugging Face's BERT (pip install -e '.[bench]'):
+  python experiments/benchmark.py --config configs/bert.py:size=tiny,bench \\
+      --config.benchmark.peers=flax,torch --workdir /tmp/mlm_bench
 
-Prints a table and writes <workdir>/benchmark.json. Any config field can be
-overridden as for pre-training (--config.train.batch_size=64).
+Prints this run's table, appends its records to <workdir>/benchmark.jsonl
+and rewrites <workdir>/benchmark.md from all records there. Any config field
+can be overridden as for pre-training (--config.model.remat=full).
 """
-import json
-import pathlib
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mlm_jax import benchmark
+from mlm_jax import bench_report
 from mlm_jax import cli
+from mlm_jax import hostenv
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, with variants after ':'.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where benchmark.json goes.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where benchmark.jsonl and benchmark.md go.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,12 +30,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs()
   with cli.one_line_errors():
-    result = benchmark.time_train_step(_CONFIG.value)
-  print(benchmark.format_table([(_CONFIG.value, result)]))
-  out = pathlib.Path(_WORKDIR.value)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "benchmark.json").write_text(json.dumps(
-      benchmark.as_record(_CONFIG.value, result), indent=1))
+    hostenv.use_allocator(_CONFIG.value.host.allocator)
+    print(bench_report.run(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":

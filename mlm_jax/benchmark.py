@@ -114,32 +114,23 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
       step_median=median, step_times=times, tokens_per_s=tokens / median,
       lower_seconds=lower_seconds, compile_seconds=compile_seconds,
       flops_per_step=flops, peak_flops=peak, mfu=flops / median / peak,
-      peak_host_memory_gb=resource.getrusage(
-          resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
+      peak_host_memory_gb=peak_host_memory_gb())
 
 
-def as_record(config: ml_collections.ConfigDict, t: StepTiming) -> dict:
-  """A JSON-able record of one measurement and what it measured."""
-  return {"size": config.model.size, "batch_size": config.train.batch_size,
-          "seq_len": config.data.seq_len, "vocab_size": config.vocab_size,
-          "parallel": config.parallel.mode, "dtype": config.model.dtype,
-          "remat": config.model.remat, "devices": jax.device_count(),
-          "backend": jax.default_backend(), **dataclasses.asdict(t)}
+def peak_host_memory_gb() -> float:
+  """Peak RSS of this process since its exec, in GiB.
 
-
-def format_table(rows: list[tuple[ml_collections.ConfigDict, StepTiming]]
-                 ) -> str:
-  """A Markdown table of measurements."""
-  lines = ["| size | batch x len | step ms (median) | tokens/s | lower s | "
-           "compile s | MFU | peak host GB |", "|" + " --- |" * 8]
-  for config, t in rows:
-    lines.append(
-        f"| {config.model.size} | {config.train.batch_size} x "
-        f"{config.data.seq_len} | {t.step_median * 1e3:.1f} | "
-        f"{t.tokens_per_s:,.0f} | {t.lower_seconds:.2f} | "
-        f"{t.compile_seconds:.2f} | {t.mfu:.2f} | "
-        f"{t.peak_host_memory_gb:.2f} |")
-  return "\n".join(lines)
+  Linux's VmHWM; ru_maxrss (the fallback elsewhere) also counts the parent's
+  RSS at fork, which for a child of a large process is the parent's.
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 2 ** 20  # kB
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 def time_loader(examples, *, global_batch: int, threads: int,

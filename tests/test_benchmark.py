@@ -42,7 +42,3 @@ def test_time_train_step_reports_consistent_figures():
   assert t.tokens_per_s == pytest.approx(4 * 32 / t.step_median)
   assert t.mfu == pytest.approx(t.flops_per_step / t.step_median / 1e11)
   assert t.compile_seconds > 0 and t.peak_host_memory_gb > 0
-  table = benchmark.format_table([(cfg, t)])
-  assert "| tiny | 4 x 32 |" in table
-  record = benchmark.as_record(cfg, t)
-  assert record["devices"] == jax.device_count()

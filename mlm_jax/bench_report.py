@@ -1,0 +1,135 @@
+"""One benchmark run of a config: measure, record as JSON lines, tabulate.
+
+`experiments/benchmark.py` calls `run`. Without peers our step is timed in
+this process. With `config.benchmark.peers` ('flax', 'torch') every
+contender, ours included, is timed in a fresh process of its own (see
+`peers.run_in_subprocess`), so that each peak host memory is its own; ours
+runs on this process's allocator, the peers on `benchmark.peer_allocator`.
+
+Each run appends its records to <workdir>/benchmark.jsonl and rewrites
+<workdir>/benchmark.md, the table of every record there: run the launcher
+once per size (or per remat/accumulation variant) into one workdir to build
+the whole table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from mlm_jax import benchmark
+from mlm_jax import config as config_lib
+from mlm_jax import hostenv
+from mlm_jax import peers
+
+RECORDS = "benchmark.jsonl"
+TABLE = "benchmark.md"
+
+
+def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a record says about the step it measured."""
+  return {"size": config.model.size, "batch_size": config.train.batch_size,
+          "seq_len": config.data.seq_len, "vocab_size": config.vocab_size,
+          "parallel": config.parallel.mode, "dtype": config.model.dtype,
+          "remat": config.model.remat,
+          "scan_layers": config.model.scan_layers,
+          "accum_steps": config.train.accum_steps,
+          "devices": jax.device_count(), "backend": jax.default_backend()}
+
+
+def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Times our step (and the configured peers); one record per contender."""
+  b = config.benchmark
+  kinds = [k.strip() for k in b.peers.split(",") if k.strip()]
+  unknown = set(kinds) - set(peers.KINDS[1:])
+  if unknown:
+    raise config_lib.ConfigError(
+        f"config.benchmark.peers: unknown peer(s) {sorted(unknown)}; use "
+        f"'flax', 'torch' or both, comma-separated.")
+  needed = {"transformers"} | ({"torch"} if "torch" in kinds else set())
+  missing = sorted(m for m in needed if importlib.util.find_spec(m) is None)
+  if kinds and missing:
+    raise config_lib.ConfigError(
+        f"config.benchmark.peers={b.peers!r} needs {', '.join(missing)}, "
+        f"which is not installed; {peers.INSTALL_HINT}.")
+  fields = config_fields(config)
+  if not kinds:
+    timing = benchmark.time_train_step(config, steps=b.steps,
+                                       repeats=b.repeats)
+    return [{**fields, "kind": "ours",
+             "allocator": hostenv.loaded_allocator(),
+             **dataclasses.asdict(timing)}]
+  results = peers.compare(
+      config, kinds=["ours", *kinds], steps=b.steps, repeats=b.repeats,
+      allocators={k: b.peer_allocator for k in kinds})
+  return [{**fields, **record} for record in results.values()]
+
+
+def variant(record: dict[str, Any]) -> str:
+  """The non-default step options of a record, e.g. 'remat=full accum=4'."""
+  parts = []
+  if record.get("remat", "none") != "none":
+    parts.append(f"remat={record['remat']}")
+  if record.get("accum_steps", 1) != 1:
+    parts.append(f"accum={record['accum_steps']}")
+  if not record.get("scan_layers", True):
+    parts.append("unrolled")
+  if record.get("dtype", "float32") != "float32":
+    parts.append(record["dtype"])
+  return " ".join(parts)
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table; the ratio is our plain step's tokens/s to this one's.
+
+  'Plain' is the first 'ours' record of the same size, batch and length
+  with no variant, so a peer's line reads as our speed-up over it and a
+  variant's line as what the variant costs.
+  """
+  lines = ["| size | batch x len | step | variant | allocator | "
+           "step ms (median) | tokens/s | lower s | compile s | MFU | "
+           "peak host GB | ours / this |", "|" + " --- |" * 12]
+  shape = lambda r: (r["size"], r["batch_size"], r["seq_len"])
+  plain = {}
+  for r in records:
+    if r["kind"] == "ours" and not variant(r):
+      plain.setdefault(shape(r), r)
+  for r in records:
+    base = plain.get(shape(r))
+    ratio = f"{base['tokens_per_s'] / r['tokens_per_s']:.2f}" if base else ""
+    lines.append(
+        f"| {r['size']} | {r['batch_size']} x {r['seq_len']} | {r['kind']} | "
+        f"{variant(r)} | {r.get('allocator', '')} | "
+        f"{r['step_median'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
+        f"{r['lower_seconds']:.2f} | {r['compile_seconds']:.2f} | "
+        f"{r['mfu']:.2f} | {r['peak_host_memory_gb']:.2f} | {ratio} |")
+  return "\n".join(lines)
+
+
+def append_records(workdir: str | pathlib.Path,
+                   records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Appends to <workdir>/benchmark.jsonl; returns all records there."""
+  out = pathlib.Path(workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / RECORDS
+  with path.open("a", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
+  with path.open(encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Measures `config`, records it in `workdir`; returns this run's table."""
+  records = measure(config)
+  everything = append_records(workdir, records)
+  table = pathlib.Path(workdir) / TABLE
+  tmp = table.with_suffix(".md.tmp")
+  tmp.write_text(format_table(everything) + "\n", encoding="utf-8")
+  tmp.replace(table)
+  return format_table(records)

@@ -1,0 +1,240 @@
+"""Peers of our training step: Hugging Face's BERT, timed as its users run it.
+
+A step time means little alone; it is fast or slow next to what people would
+otherwise run. This module times, on the same config and the same synthetic
+tokens as `benchmark`, the MLM training step of Hugging Face transformers'
+BERT in its two forms:
+
+  flax   FlaxBertForMaskedLM trained as transformers' example
+         run_mlm_flax.py trains it (`peer_flax`).
+  torch  BertForMaskedLM trained as transformers' Trainer trains it
+         (`peer_torch`).
+
+Host masking is inside each timed step: it is part of their step as users run
+it (ours masks on device). Useful FLOPs, and so MFU, are
+`benchmark.train_flops_per_step` (MLM head at the masked positions only) for
+every contender: MFU compares useful work per second, not work done.
+
+A process's peak RSS covers all it ever ran, so peak host memory compares
+only when each contender runs alone: `run_in_subprocess` times one of 'ours',
+'flax' or 'torch' in a fresh process and returns its figures. The child
+reports its VmHWM, not ru_maxrss: on Linux a child's ru_maxrss starts at its
+parent's RSS (exec keeps the high-water mark of the forked copy).
+
+transformers and torch are an optional extra, imported only when a peer runs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import types
+from typing import Any, Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+from mlm_jax import benchmark
+from mlm_jax import hostenv
+from mlm_jax import tokenizer as tok
+
+KINDS = ("ours", "flax", "torch")
+
+INSTALL_HINT = (
+    "pip install -e '.[bench]' (transformers==4.57.6, the last release with "
+    "Flax models, and torch==2.13.0; a CPU-only machine wants torch's CPU "
+    "build)")
+
+
+class MissingPeerError(ImportError):
+  """A peer's package is not installed; the message says how to add it."""
+
+
+def require(module: str) -> types.ModuleType:
+  """Imports `module`, or raises MissingPeerError naming the extra."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise MissingPeerError(
+        f"The Hugging Face peers of the benchmark need {module!r}, which "
+        f"could not be imported ({e}). Install them with: {INSTALL_HINT}."
+    ) from e
+
+
+def bert_config(config: ml_collections.ConfigDict) -> Any:
+  """Our model config as a `transformers.BertConfig` (post-LN BERT)."""
+  m = config.model
+  if m.pre_layer_norm or not m.attend_across_documents:
+    raise ValueError("Hugging Face's BERT is post-LN and attends across "
+                     "documents; set model.pre_layer_norm=False and "
+                     "model.attend_across_documents=True to compare.")
+  transformers = require("transformers")
+  return transformers.BertConfig(
+      vocab_size=config.vocab_size, hidden_size=m.hidden_size,
+      num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+      intermediate_size=m.intermediate_size, hidden_act="gelu",
+      hidden_dropout_prob=m.dropout,
+      attention_probs_dropout_prob=m.attention_dropout,
+      max_position_embeddings=m.max_positions,
+      type_vocab_size=m.type_vocab_size, initializer_range=m.init_std,
+      layer_norm_eps=m.layer_norm_eps, pad_token_id=tok.PAD_ID)
+
+
+def special_tokens_mask(tokens: np.ndarray) -> np.ndarray:
+  """[B, L] int 1 at special ids, as a tokenizer's special_tokens_mask."""
+  return (tokens < tok.NUM_SPECIAL_TOKENS).astype(np.int64)
+
+
+def timing(config: ml_collections.ConfigDict, times: list[float],
+           lower_seconds: float, compile_seconds: float,
+           peak_flops: float | None) -> benchmark.StepTiming:
+  """A StepTiming with `benchmark.time_train_step`'s conventions."""
+  median = statistics.median(times)
+  flops = benchmark.train_flops_per_step(config)
+  peak = peak_flops or benchmark.matmul_peak_flops()
+  tokens = config.train.batch_size * config.data.seq_len
+  return benchmark.StepTiming(
+      step_median=median, step_times=times, tokens_per_s=tokens / median,
+      lower_seconds=lower_seconds, compile_seconds=compile_seconds,
+      flops_per_step=flops, peak_flops=peak, mfu=flops / median / peak,
+      peak_host_memory_gb=benchmark.peak_host_memory_gb())
+
+
+def _timer(kind: str) -> Callable[..., benchmark.StepTiming]:
+  """The timing function of a contender (peers imported only if asked)."""
+  if kind == "flax":
+    from mlm_jax import peer_flax  # pylint: disable=import-outside-toplevel
+    return peer_flax.time_hf_flax
+  if kind == "torch":
+    from mlm_jax import peer_torch  # pylint: disable=import-outside-toplevel
+    return peer_torch.time_hf_torch
+  return benchmark.time_train_step
+
+
+def _import_for(kind: str) -> None:
+  """Imports what `kind` needs, so the import cost is measured apart."""
+  if kind == "flax":
+    _ = require("transformers").FlaxBertForMaskedLM
+  elif kind == "torch":
+    require("torch")
+    _ = require("transformers").BertForMaskedLM
+
+
+def allocator_env(allocator: str, environ: dict[str, str]) -> dict[str, str]:
+  """`environ` for a child that runs on `allocator` ('tcmalloc'/'system')."""
+  env = dict(environ)
+  env.pop(hostenv.MARK, None)
+  kept = [p for p in env.pop("LD_PRELOAD", "").split(":")
+          if p and "libtcmalloc" not in p]
+  if kept:
+    env["LD_PRELOAD"] = ":".join(kept)
+  if allocator == "system":
+    return env
+  library = hostenv.find_tcmalloc()
+  if allocator != "tcmalloc" or library is None:
+    raise ValueError(f"Cannot run a contender on allocator {allocator!r}: "
+                     f"use 'system', or 'tcmalloc' once it is installed "
+                     f"(apt install libtcmalloc-minimal4).")
+  return hostenv.preload_env(library, env)
+
+
+def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
+                      steps: int = 10, repeats: int = 5,
+                      peak_flops: float | None = None,
+                      allocator: str | None = None) -> dict[str, Any]:
+  """Times `kind` ('ours', 'flax' or 'torch') in a fresh Python process.
+
+  The child runs `python -m mlm_jax.peers`, so its peak RSS (VmHWM) holds
+  only that contender: imports, model, optimizer state, compilation, steps.
+
+  Args:
+    kind: one of KINDS.
+    config: the run config; it travels as JSON.
+    steps: steps per timed repeat.
+    repeats: timed repeats; the step time is their median.
+    peak_flops: the matmul peak for MFU; measure it once in the parent
+      (`benchmark.matmul_peak_flops()`) so all contenders share it. None:
+      the child measures its own.
+    allocator: 'system' or 'tcmalloc' for the child; None: as this process.
+  Returns:
+    `dataclasses.asdict` of the child's StepTiming, whose
+    `peak_host_memory_gb` is the child's own peak RSS, plus `kind`,
+    `allocator` (the one the child ran on) and `import_host_memory_gb` (its
+    peak once its imports were done).
+  Raises:
+    ValueError: for an unknown kind or allocator.
+    RuntimeError: if the child failed; the message ends with its stderr.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"Unknown peer {kind!r}; use one of {', '.join(KINDS)}.")
+  child_env = (dict(os.environ) if allocator is None
+               else allocator_env(allocator, dict(os.environ)))
+  root = str(pathlib.Path(__file__).resolve().parents[1])
+  child_env["PYTHONPATH"] = os.pathsep.join(
+      filter(None, [root, child_env.get("PYTHONPATH")]))
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / "timing.json"
+    cmd = [sys.executable, "-m", "mlm_jax.peers", kind, config.to_json(),
+           f"--out={out}", f"--steps={steps}", f"--repeats={repeats}"]
+    if peak_flops:
+      cmd.append(f"--peak_flops={peak_flops!r}")
+    proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+      raise RuntimeError(f"Timing {kind!r} in a subprocess failed (exit "
+                         f"{proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def compare(config: ml_collections.ConfigDict, *,
+            kinds: Sequence[str] = KINDS, steps: int = 10, repeats: int = 5,
+            peak_flops: float | None = None,
+            allocators: dict[str, str] | None = None
+            ) -> dict[str, dict[str, Any]]:
+  """Times each of `kinds` in its own process, one after the other.
+
+  `allocators` maps a kind to its child's allocator (default: as this
+  process). All share one measured matmul peak.
+  """
+  peak = peak_flops or benchmark.matmul_peak_flops()
+  allocators = allocators or {}
+  return {kind: run_in_subprocess(kind, config, steps=steps, repeats=repeats,
+                                  peak_flops=peak,
+                                  allocator=allocators.get(kind))
+          for kind in kinds}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """`python -m mlm_jax.peers KIND CONFIG_JSON`: the child of a timing."""
+  parser = argparse.ArgumentParser(description=main.__doc__)
+  parser.add_argument("kind", choices=KINDS)
+  parser.add_argument("config", help="the run config as ConfigDict JSON")
+  parser.add_argument("--out", help="write the JSON here, not to stdout")
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--peak_flops", type=float, default=None)
+  args = parser.parse_args(argv)
+  config = ml_collections.ConfigDict(json.loads(args.config))
+  _import_for(args.kind)
+  import_gb = benchmark.peak_host_memory_gb()
+  result = _timer(args.kind)(config, steps=args.steps, repeats=args.repeats,
+                             peak_flops=args.peak_flops)
+  record = {"kind": args.kind, "allocator": hostenv.loaded_allocator(),
+            "import_host_memory_gb": import_gb,
+            **dataclasses.asdict(result)}
+  text = json.dumps(record)
+  if args.out:
+    pathlib.Path(args.out).write_text(text)
+  else:
+    print(text)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,91 @@
+"""The benchmark launcher's records and table."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs_loader import load_config
+from mlm_jax import bench_report
+from mlm_jax import config as config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def small_config(**benchmark):
+  cfg = load_config("size=tiny,runlocal")
+  cfg.train.batch_size, cfg.data.seq_len, cfg.vocab_size = 4, 32, 512
+  cfg.benchmark.update(steps=2, repeats=2, **benchmark)
+  return cfg
+
+
+def record(kind, size, tokens_per_s, **fields):
+  return {"kind": kind, "size": size, "batch_size": 4, "seq_len": 128,
+          "allocator": "system", "step_median": 512 / tokens_per_s,
+          "tokens_per_s": tokens_per_s, "lower_seconds": 1.0,
+          "compile_seconds": 2.0, "mfu": 0.5, "peak_host_memory_gb": 1.0,
+          "remat": "none", "accum_steps": 1, "scan_layers": True,
+          "dtype": "float32", **fields}
+
+
+def rows(table):
+  return [[c.strip() for c in line.split("|")[1:-1]]
+          for line in table.splitlines()[2:]]
+
+
+def test_ratios_are_against_our_plain_step_of_the_same_shape():
+  table = bench_report.format_table([
+      record("ours", "tiny", 3000.0), record("flax", "tiny", 1000.0),
+      record("ours", "base", 200.0, remat="full"),
+      record("ours", "base", 250.0), record("torch", "base", 500.0),
+      record("ours", "base", 125.0, accum_steps=4, scan_layers=False)])
+  assert [(r[0], r[2], r[3], r[-1]) for r in rows(table)] == [
+      ("tiny", "ours", "", "1.00"), ("tiny", "flax", "", "3.00"),
+      ("base", "ours", "remat=full", "1.25"), ("base", "ours", "", "1.00"),
+      ("base", "torch", "", "0.50"),
+      ("base", "ours", "accum=4 unrolled", "2.00")]
+
+
+def test_run_appends_records_and_rewrites_the_table(tmp_path):
+  cfg = small_config()
+  first = bench_report.run(cfg, str(tmp_path))
+  assert rows(first)[0][:3] == ["tiny", "4 x 32", "ours"]
+  cfg.model.remat = "full"
+  bench_report.run(cfg, str(tmp_path))
+  lines = (tmp_path / bench_report.RECORDS).read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  assert [r["remat"] for r in records] == ["none", "full"]
+  assert all(r["kind"] == "ours" and len(r["step_times"]) == 2
+             for r in records)
+  table = rows((tmp_path / bench_report.TABLE).read_text())
+  assert [r[3] for r in table] == ["", "remat=full"]
+  assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_unknown_peer_is_a_config_error():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.benchmark\.peers: unknown peer\(s\) "
+                           r"\['jax'\]"):
+    bench_report.measure(small_config(peers="flax,jax"))
+
+
+def test_missing_peer_package_names_the_extra(monkeypatch):
+  real = bench_report.importlib.util.find_spec
+  monkeypatch.setattr(bench_report.importlib.util, "find_spec",
+                      lambda m: None if m == "transformers" else real(m))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"needs transformers.*\.\[bench\]"):
+    bench_report.measure(small_config(peers="flax"))
+
+
+def test_launcher_reports_a_bad_peer_in_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "experiments/benchmark.py",
+       "--config=configs/bert.py:size=tiny,runlocal",
+       "--config.benchmark.peers=tf", "--config.host.allocator=system",
+       f"--workdir={tmp_path}"], capture_output=True, text=True,
+      check=False, cwd=ROOT)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: config.benchmark.peers: unknown peer(s) ['tf']"), proc.stderr
