@@ -55,11 +55,13 @@ def _keep_tokenizer(data: prepare.PreparedData, workdir: pathlib.Path) -> None:
   target = workdir / "tokenizer.model"
   if target.exists():
     if target.read_bytes() != data.tokenizer.path.read_bytes():
-      raise ValueError(
+      raise config_lib.ConfigError(
           f"{target} differs from the tokenizer of this config "
           f"({data.tokenizer.path}): the checkpoints in {workdir} were trained "
-          "with another vocabulary. Use a new --workdir, or restore the "
-          "config of that run.")
+          "with another vocabulary (for the offline corpus: in another "
+          "Python environment, whose installed packages' docstrings made "
+          "another corpus). Use a new --workdir, or restore the config and "
+          "environment of that run.")
     return
   shutil.copyfile(data.tokenizer.path, target)
 

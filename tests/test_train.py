@@ -75,6 +75,13 @@ def test_launcher_trains_evaluates_checkpoints_and_resumes_exactly(
   proc = launch(work, cache_dir)
   assert "is complete (step 8)" in proc.stderr
 
+  # Checkpoints of another vocabulary are refused in one line.
+  (work / "tokenizer.model").write_bytes(b"another tokenizer")
+  proc = launch(work, cache_dir, check=False)
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "differs from the tokenizer" in last
+
 
 def test_prepare_data_then_pretrain_reuses_it(tmp_path, cache_dir):
   prepared = tmp_path / "prepared"
