@@ -51,6 +51,14 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     raise config_lib.ConfigError(
         f"config.benchmark.peers: unknown peer(s) {sorted(unknown)}; use "
         f"'flax', 'torch' or both, comma-separated.")
+  if b.peer_allocator not in hostenv.ALLOCATORS:
+    raise config_lib.ConfigError(
+        f"config.benchmark.peer_allocator: unknown allocator "
+        f"{b.peer_allocator!r}; use 'system' or 'tcmalloc'.")
+  if kinds and b.peer_allocator == "tcmalloc" and not hostenv.find_tcmalloc():
+    raise config_lib.ConfigError(
+        "config.benchmark.peer_allocator: tcmalloc is not installed; "
+        "install libtcmalloc-minimal4 or use 'system'.")
   needed = {"transformers"} | ({"torch"} if "torch" in kinds else set())
   missing = sorted(m for m in needed if importlib.util.find_spec(m) is None)
   if kinds and missing:

@@ -106,6 +106,19 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
       state, metrics = par.train_step(state, batch)
     jax.block_until_ready(metrics)
     times.append((time.perf_counter() - start) / steps)
+  return step_timing(config, times, lower_seconds, compile_seconds,
+                     peak_flops)
+
+
+def step_timing(config: ml_collections.ConfigDict, times: list[float],
+                lower_seconds: float, compile_seconds: float,
+                peak_flops: float | None) -> StepTiming:
+  """The figures of timed steps of `config` (any contender's, same rules).
+
+  `times` are seconds per step of each repeat; the step time is their
+  median; MFU counts this config's useful FLOPs; `peak_flops` None measures
+  the matmul peak now.
+  """
   median = statistics.median(times)
   flops = train_flops_per_step(config)
   peak = peak_flops or matmul_peak_flops()

@@ -190,5 +190,5 @@ def time_hf_flax(config: ml_collections.ConfigDict, *, steps: int = 10,
       state, metrics, dropout_rng = compiled(state, batch, dropout_rng)
     jax.block_until_ready(metrics)
     times.append((time.perf_counter() - start) / steps)
-  return peers.timing(config, times, lower_seconds, compile_seconds,
-                      peak_flops)
+  return benchmark.step_timing(config, times, lower_seconds, compile_seconds,
+                               peak_flops)

@@ -120,4 +120,4 @@ def time_hf_torch(config: ml_collections.ConfigDict, *, steps: int = 10,
       loss = torch_train_step(peer, torch_batch(peer, tokens, special), clip)
     loss.item()
     times.append((time.perf_counter() - start) / steps)
-  return peers.timing(config, times, 0.0, 0.0, peak_flops)
+  return benchmark.step_timing(config, times, 0.0, 0.0, peak_flops)

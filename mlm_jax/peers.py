@@ -31,7 +31,6 @@ import importlib
 import json
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,21 +89,6 @@ def bert_config(config: ml_collections.ConfigDict) -> Any:
 def special_tokens_mask(tokens: np.ndarray) -> np.ndarray:
   """[B, L] int 1 at special ids, as a tokenizer's special_tokens_mask."""
   return (tokens < tok.NUM_SPECIAL_TOKENS).astype(np.int64)
-
-
-def timing(config: ml_collections.ConfigDict, times: list[float],
-           lower_seconds: float, compile_seconds: float,
-           peak_flops: float | None) -> benchmark.StepTiming:
-  """A StepTiming with `benchmark.time_train_step`'s conventions."""
-  median = statistics.median(times)
-  flops = benchmark.train_flops_per_step(config)
-  peak = peak_flops or benchmark.matmul_peak_flops()
-  tokens = config.train.batch_size * config.data.seq_len
-  return benchmark.StepTiming(
-      step_median=median, step_times=times, tokens_per_s=tokens / median,
-      lower_seconds=lower_seconds, compile_seconds=compile_seconds,
-      flops_per_step=flops, peak_flops=peak, mfu=flops / median / peak,
-      peak_host_memory_gb=benchmark.peak_host_memory_gb())
 
 
 def _timer(kind: str) -> Callable[..., benchmark.StepTiming]:

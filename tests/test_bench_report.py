@@ -89,3 +89,10 @@ def test_launcher_reports_a_bad_peer_in_one_line(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "error: config.benchmark.peers: unknown peer(s) ['tf']"), proc.stderr
+
+
+def test_unknown_peer_allocator_is_a_config_error():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.benchmark\.peer_allocator: unknown "
+                           r"allocator 'jemalloc'"):
+    bench_report.measure(small_config(peers="flax", peer_allocator="jemalloc"))
