@@ -38,6 +38,8 @@ def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
           "parallel": config.parallel.mode, "dtype": config.model.dtype,
           "remat": config.model.remat,
           "scan_layers": config.model.scan_layers,
+          "dropout": [config.model.dropout, config.model.attention_dropout],
+          "dropout_rng": config.model.dropout_rng,
           "accum_steps": config.train.accum_steps,
           "devices": jax.device_count(), "backend": jax.default_backend()}
 
@@ -89,6 +91,9 @@ def variant(record: dict[str, Any]) -> str:
     parts.append("unrolled")
   if record.get("dtype", "float32") != "float32":
     parts.append(record["dtype"])
+  # Records from before hashed dropout have no field: they used threefry.
+  if record.get("dropout_rng", "threefry") != "hash":
+    parts.append(f"{record.get('dropout_rng', 'threefry')} dropout")
   return " ".join(parts)
 
 

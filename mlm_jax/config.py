@@ -100,6 +100,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
          f"unknown policy {m.remat!r}", "use 'none', 'full' or 'dots_saveable'")
   _check(0.0 <= m.dropout < 1.0, "model.dropout",
          f"{m.dropout} is outside [0, 1)", "set a probability in [0, 1)")
+  _check(0.0 <= m.attention_dropout < 1.0, "model.attention_dropout",
+         f"{m.attention_dropout} is outside [0, 1)",
+         "set a probability in [0, 1)")
+  _check(m.dropout_rng in ("hash", "threefry"), "model.dropout_rng",
+         f"unknown generator {m.dropout_rng!r}", "use 'hash' or 'threefry'")
   _check(d.seq_len >= 8, "data.seq_len", f"{d.seq_len} is too short",
          "use at least 8 ([CLS] and [SEP] take two slots)")
   _check(d.seq_len <= m.max_positions, "data.seq_len",

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mlm_jax import dropout as dropout_lib
 from mlm_jax import objectives
 from mlm_jax import tokenizer as tok
 
@@ -45,6 +46,7 @@ class EncoderConfig:
   scan_layers: bool = True
   remat: str = "none"
   attend_across_documents: bool = True
+  dropout_rng: str = "hash"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> EncoderConfig:
@@ -58,7 +60,8 @@ class EncoderConfig:
         attention_dropout=m.attention_dropout,
         pre_layer_norm=m.pre_layer_norm, layer_norm_eps=m.layer_norm_eps,
         init_std=m.init_std, dtype=m.dtype, scan_layers=m.scan_layers,
-        remat=m.remat, attend_across_documents=m.attend_across_documents)
+        remat=m.remat, attend_across_documents=m.attend_across_documents,
+        dropout_rng=m.dropout_rng)
 
   @property
   def compute_dtype(self) -> Any:
@@ -110,7 +113,8 @@ class SelfAttention(nn.Module):
     logits = jnp.einsum("bqnd,bknd->bnqk", q, k,
                         preferred_element_type=jnp.float32) + bias
     probs = jax.nn.softmax(logits, axis=-1)
-    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic).astype(
+    probs = dropout_lib.make(cfg.dropout_rng, cfg.attention_dropout)(
+        probs, deterministic).astype(
         v.dtype)
     out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
     return _dense(cfg, cfg.hidden_size, "output", axis=(-2, -1))(out)
@@ -126,7 +130,7 @@ class TransformerLayer(nn.Module):
   @nn.compact
   def __call__(self, x, bias, deterministic: bool):
     cfg = self.cfg
-    drop = nn.Dropout(cfg.dropout)
+    drop = dropout_lib.make(cfg.dropout_rng, cfg.dropout)
 
     def block(x, fn, norm_name):
       if cfg.pre_layer_norm:
@@ -205,7 +209,7 @@ class Encoder(nn.Module):
     self.token_type_embeddings = embed(cfg.type_vocab_size,
                                        "token_type_embeddings")
     self.embedding_norm = _layer_norm(cfg, "embeddings_LayerNorm")
-    self.embedding_dropout = nn.Dropout(cfg.dropout)
+    self.embedding_dropout = dropout_lib.make(cfg.dropout_rng, cfg.dropout)
     self.stack = TransformerStack(cfg, name="encoder")
     self.final_norm = (_layer_norm(cfg, "final_LayerNorm")
                        if cfg.pre_layer_norm else None)

@@ -63,6 +63,10 @@ def test_max_predictions_from_rate():
     ("parallel.fsdp", 3, 4, r"config.parallel.fsdp: 3 does not divide"),
     ("model.dtype", "float16", 1, r"config.model.dtype"),
     ("model.remat", "some", 1, r"config.model.remat"),
+    ("model.dropout_rng", "philox", 1,
+     r"config.model.dropout_rng: unknown generator 'philox'; use 'hash'"),
+    ("model.attention_dropout", 1.0, 1,
+     r"config.model.attention_dropout: 1.0 is outside \[0, 1\)"),
     ("tokenizer.model_type", "wordpiece", 1, r"config.tokenizer.model_type"),
     ("data.eval_fraction", 0.0, 1, r"config.data.eval_fraction"),
 ])

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+from mlm_jax import dropout as dropout_lib
 from mlm_jax import model as model_lib
 from mlm_jax import objectives
 from mlm_jax import tokenizer as tok
@@ -434,18 +435,20 @@ def test_dropout_only_when_not_deterministic():
   assert not np.allclose(drop_a, det_a)
 
 
-def test_dropout_masks_differ_between_scanned_layers():
+@pytest.mark.parametrize("rng", ["hash", "threefry"])
+def test_dropout_masks_differ_between_scanned_layers(rng):
   # Under nn.scan the layers share one body: unless the dropout rng is split
   # per layer, every layer drops the same units.
   masks = []
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if isinstance(context.module, nn.Dropout):
+    if isinstance(context.module, (nn.Dropout, dropout_lib.HashDropout)):
       jax.debug.callback(lambda d: masks.append(np.asarray(d)), out == 0)
     return out
 
-  model = model_lib.BertForMaskedLM(_cfg(dropout=0.5, attention_dropout=0.5))
+  model = model_lib.BertForMaskedLM(_cfg(dropout=0.5, attention_dropout=0.5,
+                                         dropout_rng=rng))
 
   def fwd(params, batch, rng):
     with nn.intercept_methods(record):
