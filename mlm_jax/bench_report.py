@@ -87,8 +87,8 @@ def variant(record: dict[str, Any]) -> str:
     parts.append(f"remat={record['remat']}")
   if record.get("accum_steps", 1) != 1:
     parts.append(f"accum={record['accum_steps']}")
-  if not record.get("scan_layers", True):
-    parts.append("unrolled")
+  if record.get("scan_layers", False):
+    parts.append("scan")
   if record.get("dtype", "float32") != "float32":
     parts.append(record["dtype"])
   # Records from before hashed dropout have no field: they used threefry.
