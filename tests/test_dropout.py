@@ -71,6 +71,17 @@ def test_bits_are_uniform(byte):
   assert statistic < stats.chi2.ppf(1 - 1e-6, 255), statistic
 
 
+@pytest.mark.parametrize("raw_key", [(0, 0), (5, 5), (7, 0), (0, 123)])
+def test_no_two_elements_repeat_more_than_chance(raw_key):
+  # Equal bits at two elements (any pair, any key, degenerate keys too)
+  # occur by chance only: n^2 / 2^33 expected pairs, Poisson.
+  bits = np.asarray(dropout.hash_bits(jnp.asarray(raw_key, jnp.uint32),
+                                      (256, 256))).ravel()
+  expected = bits.size ** 2 / 2 ** 33
+  repeats = bits.size - np.unique(bits).size
+  assert repeats <= expected + Z * np.sqrt(expected) + 1, repeats
+
+
 def test_same_key_same_mask_and_raw_keys_work():
   key = jax.random.key(6)
   a = dropout.hash_bits(key, (3, 5))
