@@ -89,6 +89,8 @@ def variant(record: dict[str, Any]) -> str:
     parts.append(f"accum={record['accum_steps']}")
   if record.get("scan_layers", False):
     parts.append("scan")
+  if record.get("parallel", "jit") != "jit":
+    parts.append(record["parallel"])
   if record.get("dtype", "float32") != "float32":
     parts.append(record["dtype"])
   # Records from before hashed dropout have no field: they used threefry.

@@ -81,7 +81,7 @@ def test_bad_values_name_the_field_and_fix(field, value, devices, match):
 
 def test_fsdp_needs_jit():
   cfg = load("size=tiny")
-  cfg.parallel.fsdp = 2
+  cfg.parallel.mode, cfg.parallel.fsdp = "pmap", 2
   with pytest.raises(config_lib.ConfigError, match="parallel.mode='jit'"):
     config_lib.validate(cfg, num_devices=4)
   cfg.parallel.mode = "jit"
