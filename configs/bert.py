@@ -170,7 +170,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.host = ml_collections.ConfigDict()
   # Memory allocator of the launcher's process: 'tcmalloc' (re-executes with
-  # it preloaded when installed; ~25% faster CPU steps) or 'system'.
+  # it preloaded when installed; 16-42% faster CPU steps) or 'system'.
   config.host.allocator = "tcmalloc"
 
   config.benchmark = ml_collections.ConfigDict()

@@ -6,9 +6,10 @@ kernel (mmap/munmap, or a trim of the heap) and takes them back on the next
 step, so each step page-faults its whole working set in again: measured here
 (2-core VM, BERT-tiny, batch 32 x 128) 2.4 M minor faults in 26 steps and a
 fifth of the step in the kernel. tcmalloc keeps freed pages for reuse, as TPU
-VM images arrange by preloading it: 5x fewer faults and 16-25% faster
-steps at BERT-tiny and -small; at base 0-10% faster for 1.3 GB more peak
-memory (figures in README.md; `host.allocator='system'` for the memory). jemalloc with its default decay
+VM images arrange by preloading it: 5x fewer faults, and (2026-12-02, jit
+step) 42% more tokens/s at BERT-tiny and 16% at base for 0.7 GB more peak
+memory (figures in README.md; `host.allocator='system'` for the memory).
+jemalloc with its default decay
 and glibc's MALLOC_* variables did not help (MALLOC_ARENA_MAX=1 with
 MALLOC_MMAP_MAX_=0 did, at twice the peak memory).
 
@@ -94,7 +95,7 @@ def use_allocator(allocator: str) -> None:
   library = find_tcmalloc()
   if library is None:
     logging.warning(
-        "tcmalloc is not installed, so CPU steps run ~25%% slower on the "
+        "tcmalloc is not installed, so CPU steps run up to 30%% slower on the "
         "system allocator (README: host set-up). Install it "
         "(apt install libtcmalloc-minimal4) or set "
         "--config.host.allocator=system to silence this.")
