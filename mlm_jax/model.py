@@ -113,9 +113,8 @@ class SelfAttention(nn.Module):
     logits = jnp.einsum("bqnd,bknd->bnqk", q, k,
                         preferred_element_type=jnp.float32) + bias
     probs = jax.nn.softmax(logits, axis=-1)
-    probs = dropout_lib.make(cfg.dropout_rng, cfg.attention_dropout)(
-        probs, deterministic).astype(
-        v.dtype)
+    drop = dropout_lib.make(cfg.dropout_rng, cfg.attention_dropout)
+    probs = drop(probs, deterministic).astype(v.dtype)
     out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
     return _dense(cfg, cfg.hidden_size, "output", axis=(-2, -1))(out)
 
