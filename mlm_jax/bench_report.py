@@ -40,6 +40,7 @@ def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
           "scan_layers": config.model.scan_layers,
           "dropout": [config.model.dropout, config.model.attention_dropout],
           "dropout_rng": config.model.dropout_rng,
+          "fused_adamw": config.optim.get("fused", True),
           "accum_steps": config.train.accum_steps,
           "devices": jax.device_count(), "backend": jax.default_backend()}
 
@@ -96,6 +97,10 @@ def variant(record: dict[str, Any]) -> str:
   # Records from before hashed dropout have no field: they used threefry.
   if record.get("dropout_rng", "threefry") != "hash":
     parts.append(f"{record.get('dropout_rng', 'threefry')} dropout")
+  # Ours only (peers bring their own optimizer). Records from before the
+  # fused update have no field: they used optax's chain.
+  if record.get("kind") == "ours" and not record.get("fused_adamw", False):
+    parts.append("optax adamw")
   return " ".join(parts)
 
 

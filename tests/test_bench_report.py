@@ -27,7 +27,7 @@ def record(kind, size, tokens_per_s, **fields):
           "compile_seconds": 2.0, "mfu": 0.5, "peak_host_memory_gb": 1.0,
           "remat": "none", "accum_steps": 1, "scan_layers": False,
           "dtype": "float32", "dropout_rng": "hash", "parallel": "jit",
-          **fields}
+          "fused_adamw": True, **fields}
 
 
 def rows(table):
@@ -42,14 +42,16 @@ def test_ratios_are_against_our_plain_step_of_the_same_shape():
       record("ours", "base", 250.0), record("torch", "base", 500.0),
       record("ours", "base", 125.0, accum_steps=4, scan_layers=True),
       record("ours", "base", 200.0, dropout_rng="threefry"),
-      record("ours", "base", 200.0, parallel="pmap")])
+      record("ours", "base", 200.0, parallel="pmap"),
+      record("ours", "base", 200.0, fused_adamw=False)])
   assert [(r[0], r[2], r[3], r[-1]) for r in rows(table)] == [
       ("tiny", "ours", "", "1.00"), ("tiny", "flax", "", "3.00"),
       ("base", "ours", "remat=full", "1.25"), ("base", "ours", "", "1.00"),
       ("base", "torch", "", "0.50"),
       ("base", "ours", "accum=4 scan", "2.00"),
       ("base", "ours", "threefry dropout", "1.25"),
-      ("base", "ours", "pmap", "1.25")]
+      ("base", "ours", "pmap", "1.25"),
+      ("base", "ours", "optax adamw", "1.25")]
 
 
 def test_run_appends_records_and_rewrites_the_table(tmp_path):

@@ -112,7 +112,8 @@ def _updates(tx, grads_sequence, params):
   return out
 
 
-def test_weight_decay_only_on_masked_params_with_scheduled_lr():
+@pytest.mark.parametrize("fused", [True, False])
+def test_weight_decay_only_on_masked_params_with_scheduled_lr(fused):
   wd = 0.5
   params = {
       "dense": {"kernel": jnp.full((3, 4), 2.0), "bias": jnp.full((4,), 3.0)},
@@ -120,8 +121,8 @@ def test_weight_decay_only_on_masked_params_with_scheduled_lr():
       "embed": {"embedding": jnp.full((5, 4), -4.0)},
       "output_bias": jnp.full((5,), 0.7),
   }
-  tx = optim.make_optimizer(_optim_config(weight_decay=wd, grad_clip=1.0),
-                            STEPS)
+  tx = optim.make_optimizer(
+      _optim_config(weight_decay=wd, grad_clip=1.0, fused=fused), STEPS)
   state = tx.init(params)
   zeros = jax.tree.map(jnp.zeros_like, params)
   step = jax.jit(_step(tx))  # one compile instead of many eager op compiles
@@ -139,10 +140,12 @@ def test_weight_decay_only_on_masked_params_with_scheduled_lr():
 
 
 
-def test_gradient_clipping_to_global_norm():
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradient_clipping_to_global_norm(fused):
   clip = 1.0
   tx = optim.make_optimizer(
-      _optim_config(grad_clip=clip, weight_decay=0.01, warmup_steps=0), STEPS)
+      _optim_config(grad_clip=clip, weight_decay=0.01, warmup_steps=0,
+                    fused=fused), STEPS)
   rng = np.random.default_rng(0)
   params = {"a": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
             "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
@@ -165,8 +168,41 @@ def test_gradient_clipping_to_global_norm():
   got = _updates(tx, [small, small], params)
   unclipped = _updates(
       optim.make_optimizer(_optim_config(grad_clip=0.0, weight_decay=0.01,
-                                         warmup_steps=0), STEPS),
+                                         warmup_steps=0, fused=fused), STEPS),
       [small, small], params)
   for u, w in zip(got, unclipped):  # equal up to XLA's fusion choices
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6),
                  u, w)
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])
+def test_fused_adamw_equals_the_optax_chain(grad_clip):
+  """Eight steps on the model's parameters, gradients of varying norm
+  (clipped on some steps, not on others), warm-up and decay."""
+  shapes = _param_shapes()
+  rng = np.random.default_rng(1)
+  draw = lambda scale: jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape) * scale, jnp.float32),
+      shapes)
+  params = draw(0.1)
+  grads = [draw(scale) for scale in (0.001, 0.5, 0.002, 0.3, 1e-4, 0.05,
+                                     0.01, 0.2)]
+  norms = [float(optax.tree.norm(g)) for g in grads]
+  if grad_clip:  # both sides of the clip are exercised
+    assert min(norms) < grad_clip < max(norms)
+  results = []
+  for fused in (True, False):
+    tx = optim.make_optimizer(
+        _optim_config(grad_clip=grad_clip, weight_decay=0.1, warmup_steps=3,
+                      fused=fused), 8)
+    step = jax.jit(_step(tx))
+    p, state = params, tx.init(params)
+    for g in grads:
+      p, state, _ = step(g, state, p)
+    results.append(p)
+  changed = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                         results[0], params)
+  assert min(jax.tree.leaves(changed)) > 0  # every parameter moved
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
+                                                       atol=1e-7),
+               results[0], results[1])
