@@ -15,6 +15,7 @@ dominate the cost of small models when applied to all L positions.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -74,6 +75,38 @@ def _dense(cfg: EncoderConfig, features, name: str, axis=-1) -> nn.Module:
       kernel_init=nn.initializers.truncated_normal(cfg.init_std), name=name)
 
 
+class FlatDense(nn.Module):
+  """`nn.DenseGeneral` over trailing axes, computed as one 2-D matmul.
+
+  Same parameters (`kernel` of shape in_shape + features, `bias` of shape
+  features), same initialisation and same result as DenseGeneral, but the
+  input and kernel are flattened to [tokens, in] @ [in, out] first. Given a
+  multi-axis kernel, XLA:CPU lays out the kernel gradient transposed and
+  every optimizer pass over it then reads it with a stride; measured at
+  BERT-small (fused QKV and attention output kernels) that cost 5% of the
+  step. The flattening is a free reshape.
+  """
+  cfg: EncoderConfig
+  features: tuple[int, ...]
+  in_axes: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    in_shape = x.shape[x.ndim - self.in_axes:]
+    size_in, size_out = math.prod(in_shape), math.prod(self.features)
+    init = nn.initializers.truncated_normal(cfg.init_std)
+    kernel = self.param(
+        "kernel", lambda k, s, d: init(k, (size_in, size_out), d).reshape(s),
+        in_shape + self.features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, self.features,
+                      jnp.float32)
+    lead = x.shape[:x.ndim - self.in_axes]
+    y = jnp.dot(x.reshape(-1, size_in).astype(cfg.compute_dtype),
+                kernel.reshape(size_in, size_out).astype(cfg.compute_dtype))
+    return y.reshape(lead + self.features) + bias.astype(cfg.compute_dtype)
+
+
 def _layer_norm(cfg: EncoderConfig, name: str) -> nn.Module:
   return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                       param_dtype=jnp.float32, name=name)
@@ -106,7 +139,7 @@ class SelfAttention(nn.Module):
   def __call__(self, x, bias, deterministic: bool):
     cfg = self.cfg
     head_dim = cfg.hidden_size // cfg.num_heads
-    qkv = _dense(cfg, (3, cfg.num_heads, head_dim), "qkv")(x)
+    qkv = FlatDense(cfg, (3, cfg.num_heads, head_dim), name="qkv")(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, N, D] each
     q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
     # Softmax in float32 whatever the compute dtype.
@@ -116,7 +149,7 @@ class SelfAttention(nn.Module):
     drop = dropout_lib.make(cfg.dropout_rng, cfg.attention_dropout)
     probs = drop(probs, deterministic).astype(v.dtype)
     out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
-    return _dense(cfg, cfg.hidden_size, "output", axis=(-2, -1))(out)
+    return FlatDense(cfg, (cfg.hidden_size,), in_axes=2, name="output")(out)
 
 
 class TransformerLayer(nn.Module):

@@ -132,6 +132,31 @@ def _base_params():
 # --------------------------------------------------------------- layout ----
 
 
+@pytest.mark.parametrize("features,in_axes", [((3, 2, 4), 1), ((5,), 2)])
+def test_flat_dense_is_dense_general(features, in_axes):
+  """Same parameter shapes and initial values, same outputs and gradients."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 4, 6)),
+                  jnp.float32)
+  axis = tuple(range(-in_axes, 0))
+  flat = model_lib.FlatDense(BASE, features, in_axes=in_axes)
+  general = nn.DenseGeneral(
+      features, axis=axis, param_dtype=jnp.float32,
+      kernel_init=nn.initializers.truncated_normal(BASE.init_std))
+  params = flat.init(KEY, x)
+  reference = general.init(KEY, x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference)
+  np.testing.assert_array_equal(params["params"]["kernel"],
+                                reference["params"]["kernel"])
+  params = jax.tree.map(  # a non-zero bias, so that it is checked too
+      lambda a: a + 0.5, params)
+  np.testing.assert_allclose(flat.apply(params, x),
+                             general.apply(params, x), rtol=1e-5, atol=1e-6)
+  loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x)))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               jax.grad(loss(flat))(params), jax.grad(loss(general))(params))
+
+
 def test_logits_shape_and_dtype():
   logits, hidden = _run(BASE, _base_params(), _batch())
   assert logits.shape == (B, P, V) and logits.dtype == np.float32
