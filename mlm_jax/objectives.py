@@ -37,18 +37,34 @@ def mlm_metrics(logits: jax.Array, labels: jax.Array,
   }
 
 
+# The softmax is shifted by max(h . t) + max(bias), an upper bound of the
+# row's largest logit, when the bias spans at most this much (always, in
+# practice): the bound is exact up to the bias spread, so exp() cannot
+# overflow and the largest term is at least exp(-spread), and the bias add
+# then fuses into the exponential instead of being written out as a
+# separate [N, V] array for the max. Past it, the exact row max.
+_MAX_BIAS_SPREAD = 30.0
+
+
 def _head_forward(h, table, bias, labels, weights):
-  logits = jnp.einsum("nh,vh->nv", h, table,
-                      preferred_element_type=jnp.float32) + bias
-  top = jnp.max(logits, axis=-1)
-  unnormalised = jnp.exp(logits - top[:, None])
+  scores = jnp.einsum("nh,vh->nv", h, table,
+                      preferred_element_type=jnp.float32)
+  high = jnp.max(bias)
+  top = jax.lax.cond(
+      high - jnp.min(bias) <= _MAX_BIAS_SPREAD,
+      lambda: jnp.max(scores, axis=-1) + high,
+      lambda: jnp.max(scores + bias, axis=-1))
+  unnormalised = jnp.exp(scores + bias - top[:, None])
   total = jnp.sum(unnormalised, axis=-1)
-  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  label_logit = (jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]
+                 + bias[labels])
   nll = top + jnp.log(total) - label_logit
   w = weights.astype(jnp.float32)
-  sums = (jnp.sum(nll * w),
-          # argmax == label, up to ties, without another pass over [N, V].
-          jnp.sum((label_logit >= top).astype(jnp.float32) * w),
+  # argmax == label, ties counted as correct, compared on one array (the
+  # shift may be above the row max, so not against `top`).
+  label_term = jnp.take_along_axis(unnormalised, labels[:, None], axis=-1)
+  correct = label_term[:, 0] >= jnp.max(unnormalised, axis=-1)
+  sums = (jnp.sum(nll * w), jnp.sum(correct.astype(jnp.float32) * w),
           jnp.sum(w))
   return sums, (h, table, unnormalised, total, labels, w)
 

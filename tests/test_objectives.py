@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs_loader import load_config
 from mlm_jax import masking
@@ -150,18 +151,27 @@ def test_initial_loss_of_tiny_model_is_about_log_vocab():
   assert abs(mean_loss - math.log(cfg.vocab_size)) < 0.15, mean_loss
 
 
-def _fused_case(seed=0, n=12, h=8, v=37):
+def _fused_case(seed=0, n=12, h=8, v=37, bias_scale=0.1):
   rng = np.random.default_rng(seed)
   hid = jnp.asarray(rng.normal(size=(3, n // 3, h)), jnp.float32)
   table = jnp.asarray(rng.normal(size=(v, h)) * 0.5, jnp.float32)
-  bias = jnp.asarray(rng.normal(size=(v,)) * 0.1, jnp.float32)
-  labels = jnp.asarray(rng.integers(0, v, (3, n // 3)), jnp.int32)
+  bias = jnp.asarray(rng.normal(size=(v,)) * bias_scale, jnp.float32)
+  labels = rng.integers(0, v, (3, n // 3))
+  # Every other slot's label is its argmax: accuracy is checked, not 0.
+  top = np.argmax(np.einsum("bph,vh->bpv", hid, table) + bias, axis=-1)
+  labels[:, ::2] = top[:, ::2]
+  labels = jnp.asarray(labels, jnp.int32)
   weights = jnp.asarray((rng.random((3, n // 3)) > 0.3), jnp.float32)
   return hid, table, bias, labels, weights
 
 
-def test_fused_head_equals_logits_then_loss_in_value_and_gradient():
-  hid, table, bias, labels, weights = _fused_case()
+# Bias spreads of ~0.4, ~25 (both under the head's shift bound, 30) and
+# ~100 (over it: the exact row max).
+@pytest.mark.parametrize("bias_scale", [0.1, 5.0, 25.0])
+def test_fused_head_equals_logits_then_loss_in_value_and_gradient(bias_scale):
+  hid, table, bias, labels, weights = _fused_case(bias_scale=bias_scale)
+  spread = float(jnp.max(bias) - jnp.min(bias))
+  assert (spread <= objectives._MAX_BIAS_SPREAD) == (bias_scale < 10), spread
   def reference(hid, table, bias):
     logits = jnp.einsum("bph,vh->bpv", hid, table) + bias
     return objectives.mlm_metrics(logits, labels, weights)
@@ -171,6 +181,7 @@ def test_fused_head_equals_logits_then_loss_in_value_and_gradient():
       hid, table, bias)
   for k in ref:
     np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)
+  assert float(ref["mlm_correct_sum"]) >= 2
   loss = lambda f: lambda *a: f(*a)["mlm_loss_sum"] * 0.7
   g_ref = jax.jit(jax.grad(loss(reference), argnums=(0, 1, 2)))(
       hid, table, bias)
