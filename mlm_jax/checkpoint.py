@@ -237,8 +237,10 @@ class Checkpointer:
         raise CheckpointMismatchError(
             f"Checkpoint at step {step} in {self.directory} does not match "
             f"the model/optimizer state: {'; '.join(problems[:5])}"
-            f"{' ...' if len(problems) > 5 else ''}. Did the model config "
-            "change? Use a new --workdir to start afresh.") from e
+            f"{' ...' if len(problems) > 5 else ''}. Did the model or "
+            "optimizer config change (optim.fused selects the optimizer "
+            "state's layout)? Restore the checkpoint's config, or use a new "
+            "--workdir to start afresh.") from e
       raise
     return Restored(step, out["state"], out["config"], out.get("data"))
 

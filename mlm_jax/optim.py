@@ -57,8 +57,9 @@ def fused_adamw(learning_rate: optax.Schedule, b1: float, b2: float,
   much as the arithmetic of the whole update. optax's chain clips with
   `where(norm < c, g, g / norm * c)`, which XLA materialises as one more
   gradient-sized array, read again by the moment updates; here clipping is
-  a scalar factor folded into the single pass that reads the parameter,
-  gradient and moments and writes the new moments and the update.
+  a scalar factor folded into the update's one elementwise expression
+  (which XLA:CPU still emits as three loops: each moment, then the
+  parameter). Its state is its own (`FusedAdamWState`), not optax's.
 
   Args:
     learning_rate: schedule of the step count (taken before this step).
