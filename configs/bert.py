@@ -138,8 +138,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.eps = 1e-6
   # Clip gradients to this global L2 norm (0: no clipping).
   config.optim.grad_clip = 1.0
-  # Clipping and AdamW as one pass per parameter (optim.fused_adamw); False
-  # builds the same update from optax's chain.
+  # Clipping and AdamW as one elementwise update per parameter
+  # (optim.fused_adamw); False builds the same update from optax's chain.
   config.optim.fused = True
 
   config.train = ml_collections.ConfigDict()

@@ -106,8 +106,8 @@ def make_optimizer(optim: ml_collections.ConfigDict,
   """AdamW with decoupled weight decay masked off biases and LayerNorm,
   after global-norm clipping of the gradients.
 
-  `optim.fused` (default) builds it as `fused_adamw`, one pass per
-  parameter; False builds the same update from optax's chain.
+  `optim.fused` (default) builds it as `fused_adamw`, one elementwise
+  update per parameter; False builds the same update from optax's chain.
   """
   if optim.get("fused", True):
     return fused_adamw(learning_rate_schedule(optim, num_steps), optim.b1,
