@@ -6,6 +6,7 @@ import pytest
 
 from configs_loader import load_config
 from mlm_jax import benchmark
+from mlm_jax import parallel
 from mlm_jax import step as step_lib
 from mlm_jax import train
 
@@ -42,3 +43,23 @@ def test_time_train_step_reports_consistent_figures():
   assert t.tokens_per_s == pytest.approx(4 * 32 / t.step_median)
   assert t.mfu == pytest.approx(t.flops_per_step / t.step_median / 1e11)
   assert t.compile_seconds > 0 and t.peak_host_memory_gb > 0
+
+
+def test_time_train_step_compiles_the_step_once():
+  # Beyond the set-up's compiles (state init, as in training), the timing
+  # compiles once: the step it times is the one whose compile it reports.
+  cfg = load("size=tiny,runlocal")
+  compiles = []
+  listener = lambda event, *a, **k: compiles.append(event) if (
+      event == "/jax/core/compile/backend_compile_duration") else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    par = parallel.make_parallel(cfg.parallel.mode, train.build_task(cfg),
+                                 cfg.data.seq_len, cfg.parallel.fsdp)
+    par.put_batch(benchmark.synthetic_batch(cfg))
+    jax.block_until_ready(par.init_state())
+    setup = len(compiles)
+    benchmark.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert len(compiles) - setup == setup + 1
