@@ -173,9 +173,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.parallel.fsdp = 1
 
   config.host = ml_collections.ConfigDict()
-  # Memory allocator of the launcher's process: 'tcmalloc' (re-executes with
-  # it preloaded when installed; 16-42% faster CPU steps) or 'system'.
-  config.host.allocator = "tcmalloc"
+  # Memory allocator of the launcher's process on CPU: 'jemalloc' (with
+  # transparent huge pages; re-executes with it preloaded when installed),
+  # 'tcmalloc' (as fast, but may keep a second copy of the step's scratch)
+  # or 'system' (glibc: slowest). Figures in README.md.
+  config.host.allocator = "jemalloc"
 
   config.benchmark = ml_collections.ConfigDict()
   # experiments/benchmark.py: timed repeats (the step time is their
@@ -186,7 +188,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (FlaxBertForMaskedLM, as run_mlm_flax.py trains it), 'torch'
   # (BertForMaskedLM, as Trainer does). Needs the 'bench' extra.
   config.benchmark.peers = ""
-  # The peers' allocator: 'system' (as their users run them) or 'tcmalloc'.
+  # The peers' allocator: 'system' (as their users run them), 'jemalloc'
+  # or 'tcmalloc'.
   config.benchmark.peer_allocator = "system"
 
   if variant.bench:

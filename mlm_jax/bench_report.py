@@ -57,11 +57,13 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   if b.peer_allocator not in hostenv.ALLOCATORS:
     raise config_lib.ConfigError(
         f"config.benchmark.peer_allocator: unknown allocator "
-        f"{b.peer_allocator!r}; use 'system' or 'tcmalloc'.")
-  if kinds and b.peer_allocator == "tcmalloc" and not hostenv.find_tcmalloc():
+        f"{b.peer_allocator!r}; use one of {', '.join(hostenv.ALLOCATORS)}.")
+  if (kinds and b.peer_allocator != "system"
+      and not hostenv.find_library(b.peer_allocator)):
     raise config_lib.ConfigError(
-        "config.benchmark.peer_allocator: tcmalloc is not installed; "
-        "install libtcmalloc-minimal4 or use 'system'.")
+        f"config.benchmark.peer_allocator: {b.peer_allocator} is not "
+        f"installed; {hostenv.install_hint(b.peer_allocator)} or use "
+        f"'system'.")
   needed = {"transformers"} | ({"torch"} if "torch" in kinds else set())
   missing = sorted(m for m in needed if importlib.util.find_spec(m) is None)
   if kinds and missing:

@@ -151,9 +151,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
          "use a divisor of batch_size / devices")
   _check(t.num_steps > 0, "train.num_steps", f"{t.num_steps} is not positive",
          "train for at least one step")
-  _check(config.host.allocator in ("tcmalloc", "system"), "host.allocator",
-         f"unknown allocator {config.host.allocator!r}",
-         "use 'tcmalloc' or 'system'")
+  _check(config.host.allocator in ("jemalloc", "tcmalloc", "system"),
+         "host.allocator", f"unknown allocator {config.host.allocator!r}",
+         "use 'jemalloc', 'tcmalloc' or 'system'")
   _check(config.parallel.mode in ("pmap", "jit"), "parallel.mode",
          f"unknown mode {config.parallel.mode!r}", "use 'pmap' or 'jit'")
   _check(num_devices % config.parallel.fsdp == 0, "parallel.fsdp",

@@ -1,21 +1,30 @@
 """The host process of a run: which memory allocator serves XLA's buffers.
 
-On CPU, XLA allocates every step's activations and gradients afresh and
-frees them when the step ends. glibc's malloc hands blocks that large to the
-kernel (mmap/munmap, or a trim of the heap) and takes them back on the next
-step, so each step page-faults its whole working set in again: measured here
-(2-core VM, BERT-tiny, batch 32 x 128) 2.4 M minor faults in 26 steps and a
-fifth of the step in the kernel. tcmalloc keeps freed pages for reuse, as TPU
-VM images arrange by preloading it: 5x fewer faults, and (2026-12-02, jit
-step) 42% more tokens/s at BERT-tiny and 16% at base for 0.7 GB more peak
-memory (figures in README.md; `host.allocator='system'` for the memory).
-jemalloc with its default decay
-and glibc's MALLOC_* variables did not help (MALLOC_ARENA_MAX=1 with
-MALLOC_MMAP_MAX_=0 did, at twice the peak memory).
+On CPU, XLA allocates every step's scratch (activations and gradients: one
+0.68 GB block at BERT-base, batch 4 x 128) afresh and frees it when the step
+ends. glibc's malloc hands blocks that large back to the kernel and takes
+them again on the next step, so each step page-faults its whole scratch in:
+measured (2-core VM, BERT-tiny, batch 32 x 128) 2.4 M minor faults in 26
+steps and a fifth of the step in the kernel. Two preloadable allocators
+avoid that (figures in README.md):
+
+  tcmalloc  keeps freed pages for reuse, as TPU VM images arrange by
+            preloading it. But XLA's CPU runtime frees a step's scratch just
+            after it signals the step's outputs, so the next step can
+            allocate its own scratch first; tcmalloc then keeps both blocks
+            for good. That happens at a random step of a random run: peak
+            memory at base varies 2.4-3.9 GB between identical runs (with a
+            50 ms pause between steps, 2.45 GB in every run).
+  jemalloc  with transparent huge pages (`thp:always`): blocks of 8 MiB and
+            more live in an arena of their own that returns them at once,
+            so the peak is the step's working set in every run, and they
+            come back in 2 MiB pages (512x fewer faults than 4 KiB ones;
+            the kernel's THP mode must be 'madvise' or 'always').
 
 An allocator is chosen before the process starts, so `use_allocator`
-re-executes the launcher with tcmalloc in LD_PRELOAD, once, when the library
-is installed (Debian/Ubuntu: libtcmalloc-minimal4) and not already loaded.
+re-executes the launcher with the library in LD_PRELOAD, once, when it is
+installed (Debian/Ubuntu: libjemalloc2, libtcmalloc-minimal4) and not
+already loaded.
 """
 from __future__ import annotations
 
@@ -27,20 +36,36 @@ from absl import logging
 
 from mlm_jax import config as config_lib
 
-ALLOCATORS = ("tcmalloc", "system")
+ALLOCATORS = ("jemalloc", "tcmalloc", "system")
 # Set in the re-executed process: the preload was asked for, never loop.
 MARK = "MLM_JAX_PRELOADED"
-_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
+# Shared libraries of each preloadable allocator, and its Debian package.
+_NAMES = {"jemalloc": ("libjemalloc.so.2",),
+          "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")}
+_PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}
 _DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
          "/usr/lib64", "/usr/lib", "/usr/local/lib")
-# gperftools prints a line for every allocation above 1 GiB by default.
-_QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
+# Settings a preload brings, unless the environment already sets them.
+_SETTINGS = {
+    # Transparent huge pages for its memory (where the kernel's THP mode is
+    # 'madvise' or 'always'): the step's scratch, returned after each step,
+    # comes back in 2 MiB pages, 512x fewer faults than 4 KiB ones.
+    "jemalloc": {"MALLOC_CONF": "thp:always,metadata_thp:always"},
+    # gperftools prints a line for every allocation above 1 GiB by default.
+    "tcmalloc": {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)},
+}
 
 
-def find_tcmalloc(dirs: tuple[str, ...] | None = None) -> str | None:
-  """Path of an installed tcmalloc shared library, or None."""
+def install_hint(allocator: str) -> str:
+  """How to install `allocator` ('jemalloc' or 'tcmalloc')."""
+  return f"apt install {_PACKAGES[allocator]}"
+
+
+def find_library(allocator: str,
+                 dirs: tuple[str, ...] | None = None) -> str | None:
+  """Path of the installed shared library of `allocator`, or None."""
   for d in _DIRS if dirs is None else dirs:
-    for name in _NAMES:
+    for name in _NAMES[allocator]:
       path = pathlib.Path(d) / name
       if path.exists():
         return str(path)
@@ -48,21 +73,30 @@ def find_tcmalloc(dirs: tuple[str, ...] | None = None) -> str | None:
 
 
 def loaded_allocator() -> str:
-  """'tcmalloc' if this process has it mapped, else 'system'."""
+  """'jemalloc' or 'tcmalloc' if this process has it mapped, else 'system'."""
   try:
     maps = pathlib.Path("/proc/self/maps").read_text()
   except OSError:
     return "system"
-  return "tcmalloc" if "libtcmalloc" in maps else "system"
+  for allocator in _NAMES:
+    if f"lib{allocator}" in maps:
+      return allocator
+  return "system"
 
 
-def preload_env(library: str, environ: dict[str, str]) -> dict[str, str]:
-  """`environ` plus `library` first in LD_PRELOAD, marked as preloaded."""
+def preload_env(allocator: str, library: str,
+                environ: dict[str, str]) -> dict[str, str]:
+  """`environ` plus `library` first in LD_PRELOAD, marked as preloaded.
+
+  Other allocators' libraries leave LD_PRELOAD (one process, one malloc);
+  `allocator`'s settings are added where `environ` does not set them.
+  """
   env = dict(environ)
-  env["LD_PRELOAD"] = ":".join(
-      filter(None, [library, environ.get("LD_PRELOAD")]))
+  kept = [p for p in environ.get("LD_PRELOAD", "").split(":")
+          if p and not any(f"lib{a}" in p for a in _NAMES)]
+  env["LD_PRELOAD"] = ":".join([library, *kept])
   env[MARK] = library
-  for key, value in _QUIET.items():
+  for key, value in _SETTINGS[allocator].items():
     env.setdefault(key, value)
   return env
 
@@ -71,35 +105,44 @@ def use_allocator(allocator: str) -> None:
   """Makes sure this process runs on `allocator`; may re-execute it.
 
   Call first thing in a launcher's `main` (before any output worth keeping):
-  for 'tcmalloc' on Linux, when the library is installed but not loaded,
-  the process is replaced by itself with the library preloaded (same
-  interpreter, same arguments). When it is not installed, a warning says how
-  to install it and the run goes on with the system allocator.
+  for 'jemalloc' or 'tcmalloc' on Linux, when the library is installed but
+  not loaded, the process is replaced by itself with the library preloaded
+  (same interpreter, same arguments). When it is not installed, the run goes
+  on with the allocator it has: quietly if that is the other preloadable one
+  (as on TPU VM images, which preload tcmalloc), else with a warning that
+  says how to install it.
 
   Args:
-    allocator: 'tcmalloc' or 'system' (nothing to do).
+    allocator: 'jemalloc', 'tcmalloc' or 'system' (nothing to do).
   Raises:
     config.ConfigError: for any other name.
   """
   if allocator not in ALLOCATORS:
     raise config_lib.ConfigError(
         f"config.host.allocator: unknown allocator {allocator!r}; use "
-        f"'tcmalloc' (fast on CPU) or 'system'.")
+        f"'jemalloc' (fast on CPU, memory returned), 'tcmalloc' or 'system'.")
+  loaded = loaded_allocator()
   if (allocator == "system" or not sys.platform.startswith("linux")
-      or loaded_allocator() == allocator):
+      or loaded == allocator):
     return
   if os.environ.get(MARK):
-    logging.warning("tcmalloc was preloaded (%s) but is not mapped; "
-                    "running on the system allocator.", os.environ[MARK])
+    logging.warning("%s was preloaded (%s) but is not mapped; running on "
+                    "%s.", allocator, os.environ[MARK], loaded)
     return
-  library = find_tcmalloc()
+  library = find_library(allocator)
+  if library is None and loaded != "system":
+    # E.g. a TPU VM image that preloads tcmalloc: fast enough, keep it.
+    logging.info("%s is not installed; running on the preloaded %s.",
+                 allocator, loaded)
+    return
   if library is None:
     logging.warning(
-        "tcmalloc is not installed, so CPU steps run up to 30%% slower on the "
-        "system allocator (README: host set-up). Install it "
-        "(apt install libtcmalloc-minimal4) or set "
-        "--config.host.allocator=system to silence this.")
+        "%s is not installed, so CPU steps run up to 30%% slower on the "
+        "system allocator (README: host set-up). Install it (%s) or set "
+        "--config.host.allocator=system to silence this.", allocator,
+        install_hint(allocator))
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, sys.orig_argv, preload_env(library, os.environ))
+  os.execve(sys.executable, sys.orig_argv,
+            preload_env(allocator, library, os.environ))

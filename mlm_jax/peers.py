@@ -112,21 +112,24 @@ def _import_for(kind: str) -> None:
 
 
 def allocator_env(allocator: str, environ: dict[str, str]) -> dict[str, str]:
-  """`environ` for a child that runs on `allocator` ('tcmalloc'/'system')."""
+  """`environ` for a child that runs on `allocator` (one of ALLOCATORS)."""
   env = dict(environ)
   env.pop(hostenv.MARK, None)
   kept = [p for p in env.pop("LD_PRELOAD", "").split(":")
-          if p and "libtcmalloc" not in p]
+          if p and "libtcmalloc" not in p and "libjemalloc" not in p]
   if kept:
     env["LD_PRELOAD"] = ":".join(kept)
   if allocator == "system":
     return env
-  library = hostenv.find_tcmalloc()
-  if allocator != "tcmalloc" or library is None:
+  if allocator not in hostenv.ALLOCATORS:
     raise ValueError(f"Cannot run a contender on allocator {allocator!r}: "
-                     f"use 'system', or 'tcmalloc' once it is installed "
-                     f"(apt install libtcmalloc-minimal4).")
-  return hostenv.preload_env(library, env)
+                     f"use one of {', '.join(hostenv.ALLOCATORS)}.")
+  library = hostenv.find_library(allocator)
+  if library is None:
+    raise ValueError(f"Cannot run a contender on {allocator}: it is not "
+                     f"installed ({hostenv.install_hint(allocator)}); or use "
+                     f"'system'.")
+  return hostenv.preload_env(allocator, library, env)
 
 
 def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
@@ -146,7 +149,8 @@ def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
     peak_flops: the matmul peak for MFU; measure it once in the parent
       (`benchmark.matmul_peak_flops()`) so all contenders share it. None:
       the child measures its own.
-    allocator: 'system' or 'tcmalloc' for the child; None: as this process.
+    allocator: one of hostenv.ALLOCATORS for the child; None: as this
+      process.
   Returns:
     `dataclasses.asdict` of the child's StepTiming, whose
     `peak_host_memory_gb` is the child's own peak RSS, plus `kind`,

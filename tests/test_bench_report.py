@@ -101,5 +101,5 @@ def test_launcher_reports_a_bad_peer_in_one_line(tmp_path):
 def test_unknown_peer_allocator_is_a_config_error():
   with pytest.raises(config_lib.ConfigError,
                      match=r"config\.benchmark\.peer_allocator: unknown "
-                           r"allocator 'jemalloc'"):
-    bench_report.measure(small_config(peers="flax", peer_allocator="jemalloc"))
+                           r"allocator 'mimalloc'"):
+    bench_report.measure(small_config(peers="flax", peer_allocator="mimalloc"))

@@ -1,4 +1,4 @@
-"""The launcher's allocator set-up: tcmalloc preloaded by re-execution."""
+"""The launcher's allocator set-up: jemalloc or tcmalloc preloaded by re-execution."""
 import os
 import subprocess
 import sys
@@ -29,16 +29,17 @@ def run_child(allocator, env=None):
 
 
 def test_this_process_is_on_the_system_allocator():
-  if "libtcmalloc" in os.environ.get("LD_PRELOAD", ""):
-    pytest.skip("the test run itself preloads tcmalloc")
+  if os.environ.get("LD_PRELOAD"):
+    pytest.skip("the test run itself preloads an allocator")
   assert hostenv.loaded_allocator() == "system"
 
 
-@pytest.mark.skipif(hostenv.find_tcmalloc() is None,
-                    reason="tcmalloc not installed (libtcmalloc-minimal4)")
-def test_tcmalloc_is_preloaded_by_one_reexecution():
-  out, _ = run_child("tcmalloc")
-  assert out == ["start", "start", "tcmalloc"]
+@pytest.mark.parametrize("allocator", ["jemalloc", "tcmalloc"])
+def test_allocator_is_preloaded_by_one_reexecution(allocator):
+  if hostenv.find_library(allocator) is None:
+    pytest.skip(f"{allocator} not installed ({hostenv.install_hint(allocator)})")
+  out, _ = run_child(allocator)
+  assert out == ["start", "start", allocator]
 
 
 def test_system_allocator_is_left_alone():
@@ -46,19 +47,22 @@ def test_system_allocator_is_left_alone():
   assert out == ["start", "system"]
 
 
-def test_missing_tcmalloc_warns_and_runs_on(monkeypatch, tmp_path):
+@pytest.mark.parametrize("allocator,package", [
+    ("jemalloc", "libjemalloc2"), ("tcmalloc", "libtcmalloc-minimal4")])
+def test_missing_allocator_warns_and_runs_on(monkeypatch, tmp_path, allocator,
+                                             package):
   # The library looked for in an empty directory only.
   monkeypatch.setattr(hostenv, "_DIRS", (str(tmp_path),))
-  assert hostenv.find_tcmalloc() is None
+  assert hostenv.find_library(allocator) is None
   monkeypatch.delenv(hostenv.MARK, raising=False)
   with monkeypatch.context() as m:
     warnings = []
     m.setattr(hostenv.logging, "warning",
               lambda msg, *a: warnings.append(msg % a))
-    if hostenv.loaded_allocator() == "tcmalloc":
-      pytest.skip("the test run itself preloads tcmalloc")
-    hostenv.use_allocator("tcmalloc")  # returns instead of re-executing
-  assert len(warnings) == 1 and "libtcmalloc-minimal4" in warnings[0]
+    if hostenv.loaded_allocator() == allocator:
+      pytest.skip(f"the test run itself preloads {allocator}")
+    hostenv.use_allocator(allocator)  # returns instead of re-executing
+  assert len(warnings) == 1 and package in warnings[0]
 
 
 def test_a_failed_preload_does_not_loop(monkeypatch):
@@ -69,15 +73,35 @@ def test_a_failed_preload_does_not_loop(monkeypatch):
   hostenv.use_allocator("tcmalloc")
 
 
-def test_preload_env_prepends_and_marks():
-  env = hostenv.preload_env("/x/libtcmalloc.so.4", {"LD_PRELOAD": "/y.so"})
+def test_preload_env_prepends_marks_and_replaces_other_allocators():
+  env = hostenv.preload_env("tcmalloc", "/x/libtcmalloc.so.4",
+                            {"LD_PRELOAD": "/y.so:/z/libjemalloc.so.2"})
   assert env["LD_PRELOAD"] == "/x/libtcmalloc.so.4:/y.so"
   assert env[hostenv.MARK] == "/x/libtcmalloc.so.4"
   assert int(env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"]) >= 1 << 40
 
 
+def test_jemalloc_gets_huge_pages_unless_configured_otherwise():
+  env = hostenv.preload_env("jemalloc", "/x/libjemalloc.so.2", {})
+  assert "thp:always" in env["MALLOC_CONF"]
+  mine = {"MALLOC_CONF": "dirty_decay_ms:0"}
+  assert hostenv.preload_env("jemalloc", "/x/libjemalloc.so.2",
+                             mine)["MALLOC_CONF"] == "dirty_decay_ms:0"
+
+
 def test_unknown_allocator_names_the_field():
   with pytest.raises(config_lib.ConfigError,
                      match=r"config\.host\.allocator: unknown allocator "
-                           r"'mimalloc'; use 'tcmalloc'"):
+                           r"'mimalloc'; use 'jemalloc'"):
     hostenv.use_allocator("mimalloc")
+
+
+def test_a_missing_allocator_keeps_a_preloaded_one(monkeypatch, tmp_path):
+  # As on a TPU VM image, which preloads tcmalloc: no re-execution, no warning.
+  monkeypatch.setattr(hostenv, "_DIRS", (str(tmp_path),))
+  monkeypatch.delenv(hostenv.MARK, raising=False)
+  monkeypatch.setattr(hostenv, "loaded_allocator", lambda: "tcmalloc")
+  monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("re-executed"))
+  monkeypatch.setattr(hostenv.logging, "warning",
+                      lambda *a: pytest.fail("warned"))
+  hostenv.use_allocator("jemalloc")

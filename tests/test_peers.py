@@ -228,9 +228,16 @@ def test_allocator_env_strips_or_sets_the_preload(monkeypatch):
              hostenv.MARK: "/a/libtcmalloc.so.4", "HOME": "/h"}
   assert peers.allocator_env("system", environ) == {
       "LD_PRELOAD": "/b/other.so", "HOME": "/h"}
-  monkeypatch.setattr(hostenv, "find_tcmalloc", lambda: "/t/libtcmalloc.so")
+  monkeypatch.setattr(hostenv, "find_library",
+                      lambda a: f"/t/lib{a}.so")
   env = peers.allocator_env("tcmalloc", environ)
   assert env["LD_PRELOAD"] == "/t/libtcmalloc.so:/b/other.so"
-  monkeypatch.setattr(hostenv, "find_tcmalloc", lambda: None)
+  env = peers.allocator_env("jemalloc", environ)
+  assert env["LD_PRELOAD"] == "/t/libjemalloc.so:/b/other.so"
+  monkeypatch.setattr(hostenv, "find_library", lambda a: None)
   with pytest.raises(ValueError, match="libtcmalloc-minimal4"):
     peers.allocator_env("tcmalloc", environ)
+  with pytest.raises(ValueError, match="libjemalloc2"):
+    peers.allocator_env("jemalloc", environ)
+  with pytest.raises(ValueError, match="use one of jemalloc, tcmalloc"):
+    peers.allocator_env("mimalloc", environ)
