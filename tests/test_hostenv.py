@@ -105,3 +105,37 @@ def test_a_missing_allocator_keeps_a_preloaded_one(monkeypatch, tmp_path):
   monkeypatch.setattr(hostenv.logging, "warning",
                       lambda *a: pytest.fail("warned"))
   hostenv.use_allocator("jemalloc")
+
+
+@pytest.mark.parametrize("text,mode", [
+    ("always [madvise] never\n", "madvise"), ("[always] madvise never", "always"),
+    ("always madvise [never]", "never"), ("", None)])
+def test_thp_mode_reads_the_bracketed_choice(tmp_path, text, mode):
+  path = tmp_path / "enabled"
+  path.write_text(text)
+  assert hostenv.thp_mode(str(path)) == mode
+  assert hostenv.thp_mode(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("mode,warned", [("never", True), ("madvise", False)])
+def test_jemalloc_without_huge_pages_warns(monkeypatch, mode, warned):
+  monkeypatch.delenv(hostenv.MARK, raising=False)
+  monkeypatch.setattr(hostenv, "loaded_allocator", lambda: "system")
+  monkeypatch.setattr(hostenv, "find_library", lambda a: "/x/libjemalloc.so.2")
+  monkeypatch.setattr(hostenv, "thp_mode", lambda: mode)
+  warnings = []
+  monkeypatch.setattr(hostenv.logging, "warning",
+                      lambda msg, *a: warnings.append(msg % a))
+
+  class Reexecuted(Exception):
+    pass
+
+  def execve(*a):
+    raise Reexecuted
+
+  monkeypatch.setattr(os, "execve", execve)
+  with pytest.raises(Reexecuted):
+    hostenv.use_allocator("jemalloc")
+  assert bool(warnings) == warned
+  if warned:
+    assert "tcmalloc" in warnings[0] and "huge pages" in warnings[0]
