@@ -99,6 +99,17 @@ def loaded_allocator() -> str:
   return "system"
 
 
+def without_preloads(environ: dict[str, str]) -> dict[str, str]:
+  """`environ` with no allocator library in LD_PRELOAD, and unmarked."""
+  env = dict(environ)
+  env.pop(MARK, None)
+  kept = [p for p in env.pop("LD_PRELOAD", "").split(":")
+          if p and not any(f"lib{a}" in p for a in _NAMES)]
+  if kept:
+    env["LD_PRELOAD"] = ":".join(kept)
+  return env
+
+
 def preload_env(allocator: str, library: str,
                 environ: dict[str, str]) -> dict[str, str]:
   """`environ` plus `library` first in LD_PRELOAD, marked as preloaded.
@@ -106,10 +117,9 @@ def preload_env(allocator: str, library: str,
   Other allocators' libraries leave LD_PRELOAD (one process, one malloc);
   `allocator`'s settings are added where `environ` does not set them.
   """
-  env = dict(environ)
-  kept = [p for p in environ.get("LD_PRELOAD", "").split(":")
-          if p and not any(f"lib{a}" in p for a in _NAMES)]
-  env["LD_PRELOAD"] = ":".join([library, *kept])
+  env = without_preloads(environ)
+  env["LD_PRELOAD"] = ":".join(
+      filter(None, [library, env.get("LD_PRELOAD")]))
   env[MARK] = library
   for key, value in _SETTINGS[allocator].items():
     env.setdefault(key, value)
@@ -152,15 +162,15 @@ def use_allocator(allocator: str) -> None:
     return
   if library is None:
     logging.warning(
-        "%s is not installed, so CPU steps run up to 30%% slower on the "
-        "system allocator (README: host set-up). Install it (%s) or set "
+        "%s is not installed, so CPU steps run up to 2x slower on the "
+        "system allocator (README: Set up and run). Install it (%s) or set "
         "--config.host.allocator=system to silence this.", allocator,
         install_hint(allocator))
     return
   if allocator == "jemalloc" and thp_mode() == "never":
     logging.warning(
         "Transparent huge pages are off (%s), so jemalloc faults each step's "
-        "scratch back in 4 KiB pages, up to 30%% slower at BERT-base; set "
+        "scratch back in 4 KiB pages, ~35%% slower at BERT-base; set "
         "--config.host.allocator=tcmalloc for speed, or enable them (echo "
         "madvise > %s).", _THP, _THP)
   sys.stdout.flush()

@@ -113,12 +113,7 @@ def _import_for(kind: str) -> None:
 
 def allocator_env(allocator: str, environ: dict[str, str]) -> dict[str, str]:
   """`environ` for a child that runs on `allocator` (one of ALLOCATORS)."""
-  env = dict(environ)
-  env.pop(hostenv.MARK, None)
-  kept = [p for p in env.pop("LD_PRELOAD", "").split(":")
-          if p and "libtcmalloc" not in p and "libjemalloc" not in p]
-  if kept:
-    env["LD_PRELOAD"] = ":".join(kept)
+  env = hostenv.without_preloads(environ)
   if allocator == "system":
     return env
   if allocator not in hostenv.ALLOCATORS:
