@@ -109,13 +109,16 @@ def variant(record: dict[str, Any]) -> str:
 def format_table(records: Sequence[dict[str, Any]]) -> str:
   """A Markdown table; the ratio is our plain step's tokens/s to this one's.
 
+  'MFU bound' is the MFU of a step that took only as long as its matmuls
+  alone (`benchmark.matmul_seconds`); blank where not measured (peers).
+
   'Plain' is the first 'ours' record of the same size, batch and length
   with no variant, so a peer's line reads as our speed-up over it and a
   variant's line as what the variant costs.
   """
   lines = ["| size | batch x len | step | variant | allocator | "
            "step ms (median) | tokens/s | lower s | compile s | MFU | "
-           "peak host GB | ours / this |", "|" + " --- |" * 12]
+           "MFU bound | peak host GB | ours / this |", "|" + " --- |" * 13]
   shape = lambda r: (r["size"], r["batch_size"], r["seq_len"])
   plain = {}
   for r in records:
@@ -124,12 +127,14 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   for r in records:
     base = plain.get(shape(r))
     ratio = f"{base['tokens_per_s'] / r['tokens_per_s']:.2f}" if base else ""
+    bound = f"{r['mfu_bound']:.2f}" if r.get("mfu_bound") else ""
     lines.append(
         f"| {r['size']} | {r['batch_size']} x {r['seq_len']} | {r['kind']} | "
         f"{variant(r)} | {r.get('allocator', '')} | "
         f"{r['step_median'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | "
         f"{r['lower_seconds']:.2f} | {r['compile_seconds']:.2f} | "
-        f"{r['mfu']:.2f} | {r['peak_host_memory_gb']:.2f} | {ratio} |")
+        f"{r['mfu']:.2f} | {bound} | {r['peak_host_memory_gb']:.2f} | "
+        f"{ratio} |")
   return "\n".join(lines)
 
 

@@ -29,18 +29,86 @@ from mlm_jax import tokenizer as tok
 from mlm_jax import train
 
 
+@dataclasses.dataclass(frozen=True)
+class Matmul:
+  """`count` forward matmuls [batch, m, k] @ [batch, k, n] of a step."""
+  name: str
+  batch: int
+  m: int
+  k: int
+  n: int
+  count: int
+
+  @property
+  def flops(self) -> float:
+    return 2.0 * self.count * self.batch * self.m * self.k * self.n
+
+
+def step_matmuls(config: ml_collections.ConfigDict,
+                 batch_size: int | None = None) -> list[Matmul]:
+  """The useful matmuls of the forward pass, for `batch_size` examples.
+
+  Transformer layers at every position (fused QKV, attention scores and
+  weighted values per head, output projection, feed-forward), the MLM head
+  at the masked positions only. Embedding lookups are not matmuls.
+  """
+  m = config.model
+  b = batch_size or config.train.batch_size
+  l, h, f = config.data.seq_len, m.hidden_size, m.intermediate_size
+  layers, heads = m.num_layers, m.num_heads
+  t, p = b * l, b * config_lib.max_predictions(config)
+  return [
+      Matmul("qkv", 1, t, h, 3 * h, layers),
+      Matmul("attention scores", b * heads, l, h // heads, l, layers),
+      Matmul("attention values", b * heads, l, l, h // heads, layers),
+      Matmul("attention output", 1, t, h, h, layers),
+      Matmul("feed-forward in", 1, t, h, f, layers),
+      Matmul("feed-forward out", 1, t, f, h, layers),
+      Matmul("head transform", 1, p, h, h, 1),
+      Matmul("vocabulary projection", 1, p, h, config.vocab_size, 1),
+  ]
+
+
 def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
   """Useful FLOPs of one training step (forward + backward = 3x forward)."""
-  m = config.model
-  b, l = config.train.batch_size, config.data.seq_len
-  h, f, layers = m.hidden_size, m.intermediate_size, m.num_layers
-  p = config_lib.max_predictions(config)
-  per_layer = (2 * b * l * h * 3 * h      # fused QKV projection
-               + 2 * 2 * b * l * l * h    # scores and weighted values
-               + 2 * b * l * h * h        # attention output projection
-               + 2 * 2 * b * l * h * f)   # feed-forward in and out
-  head = 2 * b * p * h * h + 2 * b * p * h * config.vocab_size
-  return 3.0 * (layers * per_layer + head)
+  return 3.0 * sum(mm.flops for mm in step_matmuls(config))
+
+
+def _best_seconds(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile and warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def matmul_seconds(config: ml_collections.ConfigDict,
+                   repeats: int = 5) -> float:
+  """Seconds a step's matmuls take on their own, on one device.
+
+  Each forward matmul of the device's share of the batch is timed alone at
+  its shape and dtype (best of `repeats`), and counted 3 times: the
+  backward pass has two matmuls of the same size. This is what the step
+  would take if it were its matmuls at the speed the matmul kernels reach
+  at these shapes: useful FLOPs over it, over the peak, bound the MFU that
+  any removal of other work (elementwise, optimizer) could reach. The cost
+  of dispatching a call, timed on a call that does nothing, is taken off
+  each matmul's time: the step dispatches once.
+  """
+  dtype = jnp.dtype(config.model.dtype)
+  per_device = max(config.train.batch_size // jax.device_count(), 1)
+  dispatch = _best_seconds(jax.jit(lambda x: x), jnp.zeros([], dtype),
+                           repeats=repeats)
+  matmul = jax.jit(jnp.matmul)
+  total = 0.0
+  for mm in step_matmuls(config, per_device):
+    a = jnp.ones((mm.batch, mm.m, mm.k), dtype)
+    b = jnp.ones((mm.batch, mm.k, mm.n), dtype)
+    seconds = _best_seconds(matmul, a, b, repeats=repeats) - dispatch
+    total += 3 * mm.count * max(seconds, 0.0)
+  return total
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -68,6 +136,11 @@ class StepTiming:
   peak_flops: float
   mfu: float
   peak_host_memory_gb: float
+  # The step's matmuls timed alone (`matmul_seconds`), and the MFU of a step
+  # that took only that long: the bound set by the matmul kernels. None
+  # where not measured (the peers).
+  matmul_seconds: float | None = None
+  mfu_bound: float | None = None
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0):
@@ -83,9 +156,12 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0):
 
 
 def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
-                    repeats: int = 5, peak_flops: float | None = None
-                    ) -> StepTiming:
-  """Times `repeats` runs of `steps` steps after compilation; medians."""
+                    repeats: int = 5, peak_flops: float | None = None,
+                    matmul_bound: bool = True) -> StepTiming:
+  """Times `repeats` runs of `steps` steps after compilation; medians.
+
+  `matmul_bound` also times the step's matmuls alone (`matmul_seconds`).
+  """
   config_lib.validate(config, num_devices=jax.device_count())
   par = parallel.make_parallel(config.parallel.mode, train.build_task(config),
                                config.data.seq_len, config.parallel.fsdp)
@@ -107,18 +183,21 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
       state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times.append((time.perf_counter() - start) / steps)
+  del state, batch  # the matmuls below are timed without them resident
   return step_timing(config, times, lower_seconds, compile_seconds,
-                     peak_flops)
+                     peak_flops,
+                     matmul_seconds(config) if matmul_bound else None)
 
 
 def step_timing(config: ml_collections.ConfigDict, times: list[float],
                 lower_seconds: float, compile_seconds: float,
-                peak_flops: float | None) -> StepTiming:
+                peak_flops: float | None,
+                matmul_s: float | None = None) -> StepTiming:
   """The figures of timed steps of `config` (any contender's, same rules).
 
   `times` are seconds per step of each repeat; the step time is their
   median; MFU counts this config's useful FLOPs; `peak_flops` None measures
-  the matmul peak now.
+  the matmul peak now. `matmul_s`, if given, is `matmul_seconds(config)`.
   """
   median = statistics.median(times)
   flops = train_flops_per_step(config)
@@ -128,7 +207,8 @@ def step_timing(config: ml_collections.ConfigDict, times: list[float],
       step_median=median, step_times=times, tokens_per_s=tokens / median,
       lower_seconds=lower_seconds, compile_seconds=compile_seconds,
       flops_per_step=flops, peak_flops=peak, mfu=flops / median / peak,
-      peak_host_memory_gb=peak_host_memory_gb())
+      peak_host_memory_gb=peak_host_memory_gb(), matmul_seconds=matmul_s,
+      mfu_bound=flops / matmul_s / peak if matmul_s else None)
 
 
 def peak_host_memory_gb() -> float:

@@ -54,6 +54,14 @@ def test_ratios_are_against_our_plain_step_of_the_same_shape():
       ("base", "ours", "optax adamw", "1.25")]
 
 
+def test_the_mfu_bound_shows_where_it_was_measured():
+  table = bench_report.format_table([
+      record("ours", "base", 250.0, mfu_bound=0.8125),
+      record("flax", "base", 125.0, mfu_bound=None), record("ours", "tiny", 9.0)])
+  assert [(r[2], r[9], r[10]) for r in rows(table)] == [
+      ("ours", "0.50", "0.81"), ("flax", "0.50", ""), ("ours", "0.50", "")]
+
+
 def test_run_appends_records_and_rewrites_the_table(tmp_path):
   cfg = small_config()
   first = bench_report.run(cfg, str(tmp_path))

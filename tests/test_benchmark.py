@@ -43,6 +43,34 @@ def test_time_train_step_reports_consistent_figures():
   assert t.tokens_per_s == pytest.approx(4 * 32 / t.step_median)
   assert t.mfu == pytest.approx(t.flops_per_step / t.step_median / 1e11)
   assert t.compile_seconds > 0 and t.peak_host_memory_gb > 0
+  assert t.mfu_bound == pytest.approx(
+      t.flops_per_step / t.matmul_seconds / 1e11)
+
+
+def test_the_matmuls_alone_take_less_than_the_step():
+  # The step does its matmuls and more (elementwise work, the optimizer).
+  # At BERT-tiny's benchmark shape, not at the toy shapes above, whose
+  # 0.1 ms matmuls are mostly fixed cost.
+  cfg = load_config("size=tiny,bench")
+  t = benchmark.time_train_step(cfg, steps=2, repeats=3, peak_flops=1e11)
+  assert 0 < t.matmul_seconds < t.step_median
+  assert t.mfu_bound > t.mfu
+
+
+def test_step_matmuls_name_every_useful_flop():
+  # 2 * batch * m * k * n per matmul. BERT-base, batch 4 x 128, 20
+  # predictions per example, 30522 pieces, per layer: QKV 1.812e9, scores
+  # and values 2 x 0.101e9, output 0.604e9, feed-forward 2 x 2.416e9, so
+  # 7.449e9 x 12 layers; head 0.094e9 + 3.751e9 at the 80 predictions.
+  # Forward 93.23e9, training step 3x: 279.7 GFLOP.
+  cfg = load_config("size=base,bench")
+  cfg.vocab_size, cfg.train.batch_size = 30522, 4
+  mms = {mm.name: mm for mm in benchmark.step_matmuls(cfg)}
+  assert (mms["qkv"].m, mms["qkv"].k, mms["qkv"].n) == (512, 768, 2304)
+  assert (mms["attention scores"].batch, mms["attention scores"].k) == (48, 64)
+  assert mms["vocabulary projection"].m == 4 * 20
+  assert benchmark.train_flops_per_step(cfg) == pytest.approx(279.7e9,
+                                                              rel=1e-3)
 
 
 def test_time_train_step_compiles_the_step_once():
@@ -59,7 +87,8 @@ def test_time_train_step_compiles_the_step_once():
     par.put_batch(benchmark.synthetic_batch(cfg))
     jax.block_until_ready(par.init_state())
     setup = len(compiles)
-    benchmark.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11)
+    benchmark.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11,
+                              matmul_bound=False)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert len(compiles) - setup == setup + 1
