@@ -88,9 +88,10 @@ def matmul_seconds(config: ml_collections.ConfigDict,
                    repeats: int = 5) -> float:
   """Seconds a step's matmuls take on their own, on one device.
 
-  Each forward matmul of the device's share of the batch is timed alone at
-  its shape and dtype (best of `repeats`), and counted 3 times: the
-  backward pass has two matmuls of the same size. This is what the step
+  Each forward matmul of one micro-batch of the device's share of the batch
+  is timed alone at its shape and dtype (best of `repeats`), and counted 3
+  times (the backward pass has two matmuls of the same size) for each of
+  the `train.accum_steps` micro-batches. This is what the step
   would take if it were its matmuls at the speed the matmul kernels reach
   at these shapes: useful FLOPs over it, over the peak, bound the MFU that
   any removal of other work (elementwise, optimizer) could reach. The cost
@@ -98,16 +99,17 @@ def matmul_seconds(config: ml_collections.ConfigDict,
   each matmul's time: the step dispatches once.
   """
   dtype = jnp.dtype(config.model.dtype)
-  per_device = max(config.train.batch_size // jax.device_count(), 1)
+  accum = config.train.accum_steps
+  micro = max(config.train.batch_size // (jax.device_count() * accum), 1)
   dispatch = _best_seconds(jax.jit(lambda x: x), jnp.zeros([], dtype),
                            repeats=repeats)
   matmul = jax.jit(jnp.matmul)
   total = 0.0
-  for mm in step_matmuls(config, per_device):
+  for mm in step_matmuls(config, micro):
     a = jnp.ones((mm.batch, mm.m, mm.k), dtype)
     b = jnp.ones((mm.batch, mm.k, mm.n), dtype)
     seconds = _best_seconds(matmul, a, b, repeats=repeats) - dispatch
-    total += 3 * mm.count * max(seconds, 0.0)
+    total += 3 * accum * mm.count * max(seconds, 0.0)
   return total
 
 

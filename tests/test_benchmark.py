@@ -47,6 +47,25 @@ def test_time_train_step_reports_consistent_figures():
       t.flops_per_step / t.matmul_seconds / 1e11)
 
 
+@pytest.mark.parametrize("accum", [1, 2])
+def test_matmul_seconds_times_each_matmul_of_every_micro_batch(monkeypatch,
+                                                               accum):
+  # With each matmul's time proportional to its FLOPs, the total is one
+  # device's share of the step's useful FLOPs at that rate, whatever the
+  # accumulation: 2 micro-batches are twice the matmuls at half the size.
+  def fake_seconds(fn, *args, repeats):
+    if len(args) == 1:
+      return 0.0  # the dispatch of a call that does nothing
+    a, b = args
+    return 2.0 * a.size * b.shape[-1] * 1e-12
+  monkeypatch.setattr(benchmark, "_best_seconds", fake_seconds)
+  cfg = load("size=mini,runlocal")
+  cfg.train.batch_size = 4 * jax.device_count()
+  cfg.train.accum_steps = accum
+  assert benchmark.matmul_seconds(cfg) == pytest.approx(
+      benchmark.train_flops_per_step(cfg) / jax.device_count() * 1e-12)
+
+
 def test_the_matmuls_alone_take_less_than_the_step():
   # The step does its matmuls and more (elementwise work, the optimizer).
   # At BERT-tiny's benchmark shape, not at the toy shapes above, whose
