@@ -10,6 +10,8 @@ Transformer layers (QKV, attention scores and values, output projection,
 feed-forward), the MLM head at the masked positions only, and 3x for the
 forward plus backward pass. Embedding lookups and elementwise work are not
 counted. On CPU, MFU is against a matmul peak measured in the same process.
+The same matmuls, each timed alone at its shape, give the MFU bound: the
+MFU of a step that took only as long as its matmuls at the kernels' speed.
 """
 from __future__ import annotations
 

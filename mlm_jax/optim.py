@@ -84,8 +84,9 @@ def fused_adamw(learning_rate: optax.Schedule, b1: float, b2: float,
     scale = jnp.ones([], jnp.float32)
     if grad_clip > 0:
       squares = [lax.reduce_sum(lax.mul(g, g), tuple(range(g.ndim)))
-                 for g in jax.tree.leaves(grads)]
-      norm = lax.sqrt(functools.reduce(lax.add, squares).astype(jnp.float32))
+                 for g in (x.astype(jnp.float32)
+                           for x in jax.tree.leaves(grads))]
+      norm = lax.sqrt(functools.reduce(lax.add, squares))
       scale = jnp.where(norm < grad_clip, 1.0, grad_clip / norm)
     decay = mask(params) if callable(mask) else mask
     # lax, not jnp operators (here and in the norm), on float32 constants
