@@ -118,14 +118,8 @@ def matmul_seconds(config: ml_collections.ConfigDict,
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
   """Measured float32 matmul throughput of the default device, FLOP/s."""
   x = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(x).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(x).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return 2.0 * n ** 3 / min(times) * jax.local_device_count()
+  seconds = _best_seconds(jax.jit(lambda a: a @ a), x, repeats=repeats)
+  return 2.0 * n ** 3 / seconds * jax.local_device_count()
 
 
 @dataclasses.dataclass

@@ -25,6 +25,9 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "large": (24, 1024, 16),
 }
 
+# Memory allocators a launcher's process can run on (see hostenv.py).
+ALLOCATORS = ("jemalloc", "tcmalloc", "system")
+
 
 class ConfigError(ValueError):
   """A bad config value; the message names the field and the fix."""
@@ -151,9 +154,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
          "use a divisor of batch_size / devices")
   _check(t.num_steps > 0, "train.num_steps", f"{t.num_steps} is not positive",
          "train for at least one step")
-  _check(config.host.allocator in ("jemalloc", "tcmalloc", "system"),
+  _check(config.host.allocator in ALLOCATORS,
          "host.allocator", f"unknown allocator {config.host.allocator!r}",
-         "use 'jemalloc', 'tcmalloc' or 'system'")
+         f"use one of {', '.join(ALLOCATORS)}")
   _check(config.parallel.mode in ("pmap", "jit"), "parallel.mode",
          f"unknown mode {config.parallel.mode!r}", "use 'pmap' or 'jit'")
   _check(num_devices % config.parallel.fsdp == 0, "parallel.fsdp",

@@ -37,7 +37,7 @@ from absl import logging
 
 from mlm_jax import config as config_lib
 
-ALLOCATORS = ("jemalloc", "tcmalloc", "system")
+ALLOCATORS = config_lib.ALLOCATORS
 # Set in the re-executed process: the preload was asked for, never loop.
 MARK = "MLM_JAX_PRELOADED"
 # Shared libraries of each preloadable allocator, and its Debian package.
