@@ -40,6 +40,17 @@ def decay_mask(params) -> object:
   return jax.tree_util.tree_map_with_path(is_weight, params)
 
 
+def global_norm(tree) -> jax.Array:
+  """The float32 L2 norm of all the leaves of `tree` together.
+
+  In lax operators: over BERT-base's ~200 leaves, optax.tree.norm (jnp)
+  traces 0.4 s slower on a cold start.
+  """
+  squares = [lax.reduce_sum(lax.mul(g, g), tuple(range(g.ndim)))
+             for g in (x.astype(jnp.float32) for x in jax.tree.leaves(tree))]
+  return lax.sqrt(functools.reduce(lax.add, squares))
+
+
 class FusedAdamWState(NamedTuple):
   """Steps taken, and Adam's first and second moments (float32)."""
   count: jax.Array
@@ -69,6 +80,10 @@ def fused_adamw(learning_rate: optax.Schedule, b1: float, b2: float,
     weight_decay: decoupled weight-decay rate, applied where `mask` is
       True: a pytree of bools like the parameters, or a function of them.
     grad_clip: maximum global gradient norm; 0 disables clipping.
+  Returns:
+    A transform whose `update` takes the optional extra argument
+    `grad_norm`: `global_norm(grads)`, when the caller has computed it
+    already (the train step reports it), so the step traces it once.
   """
   def init(params):
     zeros = lambda p: jnp.zeros_like(p, jnp.float32)
@@ -76,17 +91,15 @@ def fused_adamw(learning_rate: optax.Schedule, b1: float, b2: float,
                            jax.tree.map(zeros, params),
                            jax.tree.map(zeros, params))
 
-  def update(grads, state, params):
+  def update(grads, state, params, *, grad_norm=None, **unused_extra_args):
+    del unused_extra_args
     count = optax.safe_int32_increment(state.count)
     lr = learning_rate(state.count)
     c1 = 1 - jnp.asarray(b1, jnp.float32) ** count
     c2 = 1 - jnp.asarray(b2, jnp.float32) ** count
     scale = jnp.ones([], jnp.float32)
     if grad_clip > 0:
-      squares = [lax.reduce_sum(lax.mul(g, g), tuple(range(g.ndim)))
-                 for g in (x.astype(jnp.float32)
-                           for x in jax.tree.leaves(grads))]
-      norm = lax.sqrt(functools.reduce(lax.add, squares))
+      norm = global_norm(grads) if grad_norm is None else grad_norm
       scale = jnp.where(norm < grad_clip, 1.0, grad_clip / norm)
     decay = mask(params) if callable(mask) else mask
     # lax, not jnp operators (here and in the norm), on float32 constants
@@ -110,7 +123,7 @@ def fused_adamw(learning_rate: optax.Schedule, b1: float, b2: float,
     pick = lambda i: jax.tree.map(lambda _, o: o[i], grads, out)
     return pick(0), FusedAdamWState(count, pick(1), pick(2))
 
-  return optax.GradientTransformation(init, update)
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict,

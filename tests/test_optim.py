@@ -206,3 +206,29 @@ def test_fused_adamw_equals_the_optax_chain(grad_clip):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
                                                        atol=1e-7),
                results[0], results[1])
+
+
+def test_global_norm_and_the_norm_passed_to_the_fused_update():
+  rng = np.random.default_rng(2)
+  grads = {"a": jnp.asarray(rng.normal(size=(4, 3)) * 3, jnp.float32),
+           "b": jnp.asarray(rng.normal(size=(3,)), jnp.bfloat16)}
+  norm = optim.global_norm(grads)
+  assert norm.dtype == jnp.float32
+  np.testing.assert_allclose(
+      norm, optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32),
+                                         grads)), rtol=1e-6)
+  params = jax.tree.map(lambda g: jnp.ones(g.shape, g.dtype), grads)
+  tx = optim.make_optimizer(_optim_config(grad_clip=1.0, weight_decay=0.0,
+                                          warmup_steps=0), STEPS)
+  state = tx.init(params)
+  update = jax.jit(lambda g, n: tx.update(g, state, params, grad_norm=n)[0])
+  # The step passes the norm it reports; the update uses it as given.
+  same = update(grads, norm)
+  jax.tree.map(np.testing.assert_array_equal, same,
+               jax.jit(lambda g: tx.update(g, state, params)[0])(grads))
+  # A norm 4x larger clips 4x harder: Adam's first step is scale-free,
+  # so compare the first moments instead.
+  moments = lambda n: jax.jit(
+      lambda g: tx.update(g, state, params, grad_norm=n)[1].mu)(grads)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, 4 * y, rtol=1e-5),
+               moments(norm), moments(4 * norm))
