@@ -2,6 +2,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from configs_loader import load_config
@@ -111,3 +112,35 @@ def test_time_train_step_compiles_the_step_once():
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert len(compiles) - setup == setup + 1
+
+
+def test_lowering_is_timed_after_the_initial_state_is_ready(monkeypatch):
+  # Initialisation is dispatched asynchronously. Here it is made slow (a
+  # chain of matmuls the state depends on), so a lowering timed without
+  # waiting for it would see its state still being computed.
+  cfg = load("size=tiny,runlocal")
+  real_make = parallel.make_parallel
+  seen = []
+
+  def make_parallel(*args, **kwargs):
+    par = real_make(*args, **kwargs)
+    init, lower = par.init_state, par.lower_train_step
+
+    @jax.jit
+    def slow(state):
+      x = jax.lax.fori_loop(0, 400, lambda _, x: jnp.tanh(x @ x),
+                            jnp.eye(384) * 0.5)
+      return jax.tree.map(lambda l: l + (x[0, 0] * 0).astype(l.dtype), state)
+
+    def lower_train_step(state, batch):
+      seen.append(all(x.is_ready() for x in jax.tree.leaves(state)))
+      return lower(state, batch)
+
+    monkeypatch.setattr(par, "init_state", lambda: slow(init()))
+    monkeypatch.setattr(par, "lower_train_step", lower_train_step)
+    return par
+
+  monkeypatch.setattr(parallel, "make_parallel", make_parallel)
+  benchmark.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11,
+                            matmul_bound=False)
+  assert seen == [True]
