@@ -19,6 +19,7 @@ import dataclasses
 import resource
 import statistics
 import time
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +116,29 @@ def matmul_seconds(config: ml_collections.ConfigDict,
   return total
 
 
+def time_repeats(run: Callable[[int], Any], *, steps: int, repeats: int,
+                 sample_peak: bool) -> tuple[list[float], list[float]]:
+  """Seconds per step of `repeats` timed calls of `run(steps)`.
+
+  `run` returns once its steps are done. With `sample_peak`, the matmul
+  peak is also sampled (best of 2) before each call and after the last:
+  a VM's speed drifts (10-20% over minutes on the 2-core one), so a peak
+  measured once, at another moment than the steps, moves MFU and its bound
+  by as much; the best of samples spread over the run is its peak.
+  Returns (seconds per step of each call, the peak samples in FLOP/s).
+  """
+  times, peaks = [], []
+  for _ in range(repeats):
+    if sample_peak:
+      peaks.append(matmul_peak_flops(repeats=2))
+    start = time.perf_counter()
+    run(steps)
+    times.append((time.perf_counter() - start) / steps)
+  if sample_peak:
+    peaks.append(matmul_peak_flops(repeats=2))
+  return times, peaks
+
+
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
   """Measured float32 matmul throughput of the default device, FLOP/s."""
   x = jnp.ones((n, n), jnp.float32)
@@ -177,32 +201,38 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
   compile_seconds = time.perf_counter() - start
   state, metrics = compiled(state, batch)  # warm-up
   jax.block_until_ready(metrics)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+
+  def run(steps):
+    nonlocal state, metrics
     for _ in range(steps):
       state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
-    times.append((time.perf_counter() - start) / steps)
-  del state, batch  # the matmuls below are timed without them resident
+
+  times, peaks = time_repeats(run, steps=steps, repeats=repeats,
+                              sample_peak=peak_flops is None)
+  del state, batch, metrics  # the matmuls below are timed without them
   return step_timing(config, times, lower_seconds, compile_seconds,
                      peak_flops,
-                     matmul_seconds(config) if matmul_bound else None)
+                     matmul_seconds(config) if matmul_bound else None,
+                     peak_samples=peaks)
 
 
 def step_timing(config: ml_collections.ConfigDict, times: list[float],
                 lower_seconds: float, compile_seconds: float,
                 peak_flops: float | None,
-                matmul_s: float | None = None) -> StepTiming:
+                matmul_s: float | None = None,
+                peak_samples: Sequence[float] = ()) -> StepTiming:
   """The figures of timed steps of `config` (any contender's, same rules).
 
   `times` are seconds per step of each repeat; the step time is their
-  median; MFU counts this config's useful FLOPs; `peak_flops` None measures
-  the matmul peak now. `matmul_s`, if given, is `matmul_seconds(config)`.
+  median; MFU counts this config's useful FLOPs. The peak is `peak_flops`
+  if given, else the best of `peak_samples` (from `time_repeats`) and one
+  more measured now, after `matmul_s` (`matmul_seconds(config)`, if given)
+  so that the bound's matmuls are not timed at a moment the peak missed.
   """
   median = statistics.median(times)
   flops = train_flops_per_step(config)
-  peak = peak_flops or matmul_peak_flops()
+  peak = peak_flops or max([*peak_samples, matmul_peak_flops()])
   tokens = config.train.batch_size * config.data.seq_len
   return StepTiming(
       step_median=median, step_times=times, tokens_per_s=tokens / median,

@@ -183,13 +183,15 @@ def time_hf_flax(config: ml_collections.ConfigDict, *, steps: int = 10,
   compile_seconds = time.perf_counter() - start
   state, metrics, dropout_rng = compiled(state, batch, dropout_rng)  # warm-up
   jax.block_until_ready(metrics)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+
+  def run(steps):
+    nonlocal state, metrics, dropout_rng
     for _ in range(steps):
       batch = flax_batch(tokens, special, config, rng)
       state, metrics, dropout_rng = compiled(state, batch, dropout_rng)
     jax.block_until_ready(metrics)
-    times.append((time.perf_counter() - start) / steps)
+
+  times, peaks = benchmark.time_repeats(run, steps=steps, repeats=repeats,
+                                        sample_peak=peak_flops is None)
   return benchmark.step_timing(config, times, lower_seconds, compile_seconds,
-                               peak_flops)
+                               peak_flops, peak_samples=peaks)

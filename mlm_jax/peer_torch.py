@@ -9,7 +9,6 @@ all cores. torch and transformers are imported only when a peer is built.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, NamedTuple
 
 import ml_collections
@@ -113,11 +112,13 @@ def time_hf_torch(config: ml_collections.ConfigDict, *, steps: int = 10,
   special = torch.from_numpy(peers.special_tokens_mask(tokens.numpy()))
   clip = config.optim.grad_clip
   torch_train_step(peer, torch_batch(peer, tokens, special), clip)  # warm-up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+
+  def run(steps):
     for _ in range(steps):
       loss = torch_train_step(peer, torch_batch(peer, tokens, special), clip)
     loss.item()
-    times.append((time.perf_counter() - start) / steps)
-  return benchmark.step_timing(config, times, 0.0, 0.0, peak_flops)
+
+  times, peaks = benchmark.time_repeats(run, steps=steps, repeats=repeats,
+                                        sample_peak=peak_flops is None)
+  return benchmark.step_timing(config, times, 0.0, 0.0, peak_flops,
+                               peak_samples=peaks)

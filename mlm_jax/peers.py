@@ -141,9 +141,8 @@ def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
     config: the run config; it travels as JSON.
     steps: steps per timed repeat.
     repeats: timed repeats; the step time is their median.
-    peak_flops: the matmul peak for MFU; measure it once in the parent
-      (`benchmark.matmul_peak_flops()`) so all contenders share it. None:
-      the child measures its own.
+    peak_flops: the matmul peak for MFU. None: the child samples its own
+      between its timed repeats (`benchmark.time_repeats`).
     allocator: one of hostenv.ALLOCATORS for the child; None: as this
       process.
   Returns:
@@ -184,12 +183,14 @@ def compare(config: ml_collections.ConfigDict, *,
   """Times each of `kinds` in its own process, one after the other.
 
   `allocators` maps a kind to its child's allocator (default: as this
-  process). All share one measured matmul peak.
+  process). `peak_flops` None: each child samples the matmul peak between
+  its own timed repeats (`benchmark.time_repeats`), at the moments its
+  steps ran; a peak measured here, minutes before the last child's steps,
+  would drift away from them.
   """
-  peak = peak_flops or benchmark.matmul_peak_flops()
   allocators = allocators or {}
   return {kind: run_in_subprocess(kind, config, steps=steps, repeats=repeats,
-                                  peak_flops=peak,
+                                  peak_flops=peak_flops,
                                   allocator=allocators.get(kind))
           for kind in kinds}
 

@@ -144,3 +144,27 @@ def test_lowering_is_timed_after_the_initial_state_is_ready(monkeypatch):
   benchmark.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11,
                             matmul_bound=False)
   assert seen == [True]
+
+
+def test_the_peak_is_sampled_between_repeats_and_the_best_kept(monkeypatch):
+  # Each sample returns the next of a drifting series; the peak must be the
+  # best of the samples taken around every repeat and one after the
+  # matmul timings, not the first value measured.
+  samples = iter([3e11, 5e11, 2e11, 4e11, 1e11])
+  calls = []
+  monkeypatch.setattr(benchmark, "matmul_peak_flops",
+                      lambda n=2048, repeats=5: next(samples))
+  times, peaks = benchmark.time_repeats(calls.append, steps=7, repeats=3,
+                                        sample_peak=True)
+  assert calls == [7, 7, 7] and len(times) == 3
+  assert peaks == [3e11, 5e11, 2e11, 4e11]
+  cfg = load("size=tiny,runlocal")
+  t = benchmark.step_timing(cfg, [0.5, 0.4, 0.6], 1.0, 2.0, None,
+                            peak_samples=peaks)
+  assert t.peak_flops == 5e11 and t.step_median == 0.5
+  assert t.mfu == pytest.approx(t.flops_per_step / 0.5 / 5e11)
+  # Given a peak, nothing is sampled or measured.
+  _, none = benchmark.time_repeats(calls.append, steps=1, repeats=2,
+                                   sample_peak=False)
+  assert none == [] and benchmark.step_timing(
+      cfg, [0.5], 1.0, 2.0, 1e11).peak_flops == 1e11
