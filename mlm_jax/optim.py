@@ -43,8 +43,8 @@ def decay_mask(params) -> object:
 def global_norm(tree) -> jax.Array:
   """The float32 L2 norm of all the leaves of `tree` together.
 
-  In lax operators: over BERT-base's ~200 leaves, optax.tree.norm (jnp)
-  traces 0.4 s slower on a cold start.
+  In lax operators: optax.tree.norm's jnp calls each trace through a
+  jitted wrapper (0.2 s of a cold BERT-base lowering, ~200 leaves).
   """
   squares = [lax.reduce_sum(lax.mul(g, g), tuple(range(g.ndim)))
              for g in (x.astype(jnp.float32) for x in jax.tree.leaves(tree))]
@@ -104,8 +104,7 @@ def fused_adamw(learning_rate: optax.Schedule, b1: float, b2: float,
     decay = mask(params) if callable(mask) else mask
     # lax, not jnp operators (here and in the norm), on float32 constants
     # made once: the same arithmetic, but each jnp operator traces through
-    # a jitted wrapper of its own: over BERT-base's ~200 leaves, lax traces
-    # the whole step in 2.0-2.25 s against 2.5 s.
+    # a jitted wrapper of its own, ~15 per leaf over BERT-base's ~200.
     f32 = lambda v: jnp.asarray(v, jnp.float32)
     k_b1, k_1b1, k_b2, k_1b2 = f32(b1), f32(1 - b1), f32(b2), f32(1 - b2)
     k_eps, k_wd, neg_lr = f32(eps), f32(weight_decay), -lr

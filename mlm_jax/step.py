@@ -133,11 +133,11 @@ def train_step(state: TrainState, batch: Batch, *, task: MLMTask,
     (grads, metrics), _ = jax.lax.scan(
         body, zeros, (jnp.arange(task.accum_steps), micros))
   grads = _psum(grads, axis_name)
-  # One norm for the metric and the fused optimizer's clipping (optax's
-  # chain ignores the extra argument and computes its own).
+  # One norm for the metric and the fused optimizer's clipping; any other
+  # optax transform ignores the extra argument (and computes its own).
   grad_norm = optim.global_norm(grads)
-  updates, opt_state = task.tx.update(grads, state.opt_state, state.params,
-                                      grad_norm=grad_norm)
+  updates, opt_state = optax.with_extra_args_support(task.tx).update(
+      grads, state.opt_state, state.params, grad_norm=grad_norm)
   params = optax.apply_updates(state.params, updates)
   metrics["tokens"] = jnp.sum(batch["tokens"] != tok.PAD_ID).astype(
       jnp.float32)

@@ -9,6 +9,7 @@ import functools
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from mlm_jax import model as model_lib
@@ -168,3 +169,21 @@ def test_gradient_accumulation_equals_the_large_batch(reference, accum):
   if BATCH // jax.device_count() % accum == 0:
     losses, _ = _curve(parallel.PmapParallel(task, SEQ))
     np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+
+
+def test_step_takes_any_optax_transform():
+  # The step hands its gradient norm to the update as an optax extra
+  # argument; a plain GradientTransformation (no extra-args support) must
+  # still work: one SGD step moves each parameter by -lr * its gradient.
+  sgd = optax.sgd(0.5)
+  plain = optax.GradientTransformation(  # an update with no **extra_args
+      sgd.init, lambda g, state, params=None: sgd.update(g, state, params))
+  task = dataclasses.replace(_task(), tx=plain)
+  state = step_lib.init_state(task, SEQ)
+  batch = _batches()[0]
+  new, metrics = jax.jit(functools.partial(step_lib.train_step, task=task))(
+      state, batch)
+  moved = jax.tree.map(lambda a, b: a - b, new.params, state.params)
+  norm = optim.global_norm(moved) / 0.5
+  np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-4)
+  assert float(metrics["grad_norm"]) > 0
