@@ -110,7 +110,9 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   """A Markdown table; the ratio is our plain step's tokens/s to this one's.
 
   'MFU bound' is the MFU of a step that took only as long as its matmuls
-  alone (`benchmark.matmul_seconds`); blank where not measured (peers).
+  (forward and both gradients) and its optimizer update, each timed alone
+  (`benchmark.matmul_seconds`, `benchmark.optimizer_seconds`); blank where
+  not measured (peers).
 
   'Plain' is the first 'ours' record of the same size, batch and length
   with no variant, so a peer's line reads as our speed-up over it and a

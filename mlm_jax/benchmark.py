@@ -10,12 +10,15 @@ Transformer layers (QKV, attention scores and values, output projection,
 feed-forward), the MLM head at the masked positions only, and 3x for the
 forward plus backward pass. Embedding lookups and elementwise work are not
 counted. On CPU, MFU is against a matmul peak measured in the same process.
-The same matmuls, each timed alone at its shape, give the MFU bound: the
-MFU of a step that took only as long as its matmuls at the kernels' speed.
+The same matmuls, each timed alone at its shape in the three forms a step
+computes (forward, input and weight gradients), and the optimizer update
+timed alone, give the MFU bound: the MFU of a step that did only that
+work, at the speed the kernels reach on it.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import resource
 import statistics
 import time
@@ -25,9 +28,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from mlm_jax import config as config_lib
+from mlm_jax import optim
 from mlm_jax import parallel
+from mlm_jax import step as step_lib
 from mlm_jax import tokenizer as tok
 from mlm_jax import train
 
@@ -87,33 +93,98 @@ def _best_seconds(fn, *args, repeats: int) -> float:
   return min(times)
 
 
+def _matmul_forms(mm: Matmul, dtype) -> list[tuple[Callable, Any, Any]]:
+  """The three products a training step computes for `mm`, as (fn, x, y).
+
+  Forward [b, m, k] @ [b, k, n]; the input gradient [b, m, n] @ [b, k, n]^T
+  (contracting the last axes); the weight gradient [b, m, k]^T @ [b, m, n]
+  (contracting the token axis, the form XLA:CPU leaves to Eigen: 0.6-0.9x
+  the forward's speed at BERT-base's shapes on the 2-core VM). Each has
+  the forward's FLOPs. Without a batch (`mm.batch` 1) they are 2-D, as the
+  step's dense layers compute them.
+  """
+  lead = (mm.batch,) if mm.batch > 1 else ()
+  x = jnp.ones(lead + (mm.m, mm.k), dtype)
+  w = jnp.ones(lead + (mm.k, mm.n), dtype)
+  dy = jnp.ones(lead + (mm.m, mm.n), dtype)
+  return [(_forward, x, w), (_input_gradient, dy, w),
+          (_weight_gradient, x, dy)]
+
+
+@jax.jit
+def _forward(x, w):
+  return jnp.einsum("...mk,...kn->...mn", x, w)
+
+
+@jax.jit
+def _input_gradient(dy, w):
+  return jnp.einsum("...mn,...kn->...mk", dy, w)
+
+
+@jax.jit
+def _weight_gradient(x, dy):
+  return jnp.einsum("...mk,...mn->...kn", x, dy)
+
+
 def matmul_seconds(config: ml_collections.ConfigDict,
                    repeats: int = 5) -> float:
   """Seconds a step's matmuls take on their own, on one device.
 
-  Each forward matmul of one micro-batch of the device's share of the batch
-  is timed alone at its shape and dtype (best of `repeats`), and counted 3
-  times (the backward pass has two matmuls of the same size) for each of
-  the `train.accum_steps` micro-batches. This is what the step
-  would take if it were its matmuls at the speed the matmul kernels reach
-  at these shapes: useful FLOPs over it, over the peak, bound the MFU that
-  any removal of other work (elementwise, optimizer) could reach. The cost
-  of dispatching a call, timed on a call that does nothing, is taken off
-  each matmul's time: the step dispatches once.
+  Each matmul of one micro-batch of the device's share of the batch is
+  timed alone at its shape and dtype (best of `repeats`) in the three
+  forms of a training step (`_matmul_forms`), for each of the
+  `train.accum_steps` micro-batches. This is what the step's matmuls
+  would take at the speed the matmul kernels reach at these shapes. The
+  cost of dispatching a call, timed on a call that does nothing, is taken
+  off each matmul's time: the step dispatches once.
   """
   dtype = jnp.dtype(config.model.dtype)
   accum = config.train.accum_steps
   micro = max(config.train.batch_size // (jax.device_count() * accum), 1)
   dispatch = _best_seconds(jax.jit(lambda x: x), jnp.zeros([], dtype),
                            repeats=repeats)
-  matmul = jax.jit(jnp.matmul)
   total = 0.0
   for mm in step_matmuls(config, micro):
-    a = jnp.ones((mm.batch, mm.m, mm.k), dtype)
-    b = jnp.ones((mm.batch, mm.k, mm.n), dtype)
-    seconds = _best_seconds(matmul, a, b, repeats=repeats) - dispatch
-    total += 3 * accum * mm.count * max(seconds, 0.0)
+    for fn, x, y in _matmul_forms(mm, dtype):
+      seconds = _best_seconds(fn, x, y, repeats=repeats) - dispatch
+      total += accum * mm.count * max(seconds, 0.0)
   return total
+
+
+def optimizer_seconds(config: ml_collections.ConfigDict,
+                      repeats: int = 5) -> float:
+  """Seconds the step's optimizer update takes alone, on one device.
+
+  The gradient's global norm (which the step reports and clips by), the
+  configured optimizer's update and its application, jitted alone on
+  parameters, moments and a gradient of the model's shapes, with the
+  parameters and moments donated as in the step (best of `repeats`).
+  It is memory-bound: a few passes over every parameter-sized array. With
+  `parallel.fsdp`, each device updates its 1/fsdp share.
+  """
+  task = train.build_task(config)
+  shapes = jax.eval_shape(functools.partial(step_lib.init_state, task,
+                                            config.data.seq_len))
+  fill = lambda s: jnp.full(s.shape, 1e-3, s.dtype)
+  params = jax.tree.map(fill, shapes.params)
+  grads = jax.tree.map(fill, shapes.params)
+  opt_state = task.tx.init(params)
+  tx = optax.with_extra_args_support(task.tx)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def update(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params,
+                                   grad_norm=optim.global_norm(grads))
+    return optax.apply_updates(params, updates), opt_state
+
+  params, opt_state = jax.block_until_ready(update(params, opt_state, grads))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    params, opt_state = jax.block_until_ready(
+        update(params, opt_state, grads))
+    times.append(time.perf_counter() - start)
+  return min(times) / config.parallel.fsdp
 
 
 def time_repeats(run: Callable[[int], Any], *, steps: int, repeats: int,
@@ -158,10 +229,12 @@ class StepTiming:
   peak_flops: float
   mfu: float
   peak_host_memory_gb: float
-  # The step's matmuls timed alone (`matmul_seconds`), and the MFU of a step
-  # that took only that long: the bound set by the matmul kernels. None
-  # where not measured (the peers).
+  # The step's matmuls (`matmul_seconds`) and optimizer update
+  # (`optimizer_seconds`) timed alone, and the MFU of a step that took only
+  # as long as both: the bound set by the kernels. None where not measured
+  # (the peers).
   matmul_seconds: float | None = None
+  optimizer_seconds: float | None = None
   mfu_bound: float | None = None
 
 
@@ -182,7 +255,9 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
                     matmul_bound: bool = True) -> StepTiming:
   """Times `repeats` runs of `steps` steps after compilation; medians.
 
-  `matmul_bound` also times the step's matmuls alone (`matmul_seconds`).
+  `matmul_bound` also times the step's matmuls and its optimizer update
+  alone (`matmul_seconds`, `optimizer_seconds`), after the step's peak
+  memory is read and its state freed.
   """
   config_lib.validate(config, num_devices=jax.device_count())
   par = parallel.make_parallel(config.parallel.mode, train.build_task(config),
@@ -210,18 +285,24 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
 
   times, peaks = time_repeats(run, steps=steps, repeats=repeats,
                               sample_peak=peak_flops is None)
-  del state, batch, metrics  # the matmuls below are timed without them
+  memory_gb = peak_host_memory_gb()
+  del state, batch, metrics  # the bound's work is timed without them
   return step_timing(config, times, lower_seconds, compile_seconds,
                      peak_flops,
                      matmul_seconds(config) if matmul_bound else None,
-                     peak_samples=peaks)
+                     peak_samples=peaks,
+                     optimizer_s=(optimizer_seconds(config) if matmul_bound
+                                  else None),
+                     peak_memory_gb=memory_gb)
 
 
 def step_timing(config: ml_collections.ConfigDict, times: list[float],
                 lower_seconds: float, compile_seconds: float,
                 peak_flops: float | None,
                 matmul_s: float | None = None,
-                peak_samples: Sequence[float] = ()) -> StepTiming:
+                peak_samples: Sequence[float] = (),
+                optimizer_s: float | None = None,
+                peak_memory_gb: float | None = None) -> StepTiming:
   """The figures of timed steps of `config` (any contender's, same rules).
 
   `times` are seconds per step of each repeat; the step time is their
@@ -229,17 +310,23 @@ def step_timing(config: ml_collections.ConfigDict, times: list[float],
   if given, else the best of `peak_samples` (from `time_repeats`) and one
   more measured now, after `matmul_s` (`matmul_seconds(config)`, if given)
   so that the bound's matmuls are not timed at a moment the peak missed.
+  The bound counts `matmul_s` plus `optimizer_s` (if given). Peak memory
+  is `peak_memory_gb` if given, else this process's peak so far.
   """
   median = statistics.median(times)
   flops = train_flops_per_step(config)
   peak = peak_flops or max([*peak_samples, matmul_peak_flops()])
   tokens = config.train.batch_size * config.data.seq_len
+  bound_s = matmul_s + (optimizer_s or 0.0) if matmul_s else None
+  if peak_memory_gb is None:
+    peak_memory_gb = peak_host_memory_gb()
   return StepTiming(
       step_median=median, step_times=times, tokens_per_s=tokens / median,
       lower_seconds=lower_seconds, compile_seconds=compile_seconds,
       flops_per_step=flops, peak_flops=peak, mfu=flops / median / peak,
-      peak_host_memory_gb=peak_host_memory_gb(), matmul_seconds=matmul_s,
-      mfu_bound=flops / matmul_s / peak if matmul_s else None)
+      peak_host_memory_gb=peak_memory_gb, matmul_seconds=matmul_s,
+      optimizer_seconds=optimizer_s,
+      mfu_bound=flops / bound_s / peak if bound_s else None)
 
 
 def peak_host_memory_gb() -> float:

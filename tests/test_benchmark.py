@@ -1,8 +1,11 @@
 """The benchmark's FLOP count and timing harness."""
+import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 
 from configs_loader import load_config
@@ -44,8 +47,9 @@ def test_time_train_step_reports_consistent_figures():
   assert t.tokens_per_s == pytest.approx(4 * 32 / t.step_median)
   assert t.mfu == pytest.approx(t.flops_per_step / t.step_median / 1e11)
   assert t.compile_seconds > 0 and t.peak_host_memory_gb > 0
+  assert t.optimizer_seconds > 0
   assert t.mfu_bound == pytest.approx(
-      t.flops_per_step / t.matmul_seconds / 1e11)
+      t.flops_per_step / (t.matmul_seconds + t.optimizer_seconds) / 1e11)
 
 
 @pytest.mark.parametrize("accum", [1, 2])
@@ -54,17 +58,72 @@ def test_matmul_seconds_times_each_matmul_of_every_micro_batch(monkeypatch,
   # With each matmul's time proportional to its FLOPs, the total is one
   # device's share of the step's useful FLOPs at that rate, whatever the
   # accumulation: 2 micro-batches are twice the matmuls at half the size.
+  # Each of the three forms (forward, input and weight gradients) is timed.
+  forms = []
+
   def fake_seconds(fn, *args, repeats):
     if len(args) == 1:
       return 0.0  # the dispatch of a call that does nothing
     a, b = args
-    return 2.0 * a.size * b.shape[-1] * 1e-12
+    out = jax.eval_shape(fn, a, b)
+    forms.append(fn)
+    # [batch,] m x k x n from the three operands' sizes.
+    batch = out.shape[0] if out.ndim == 3 else 1
+    return 2.0 * math.sqrt(a.size * b.size * out.size / batch) * 1e-12
   monkeypatch.setattr(benchmark, "_best_seconds", fake_seconds)
   cfg = load("size=mini,runlocal")
   cfg.train.batch_size = 4 * jax.device_count()
   cfg.train.accum_steps = accum
   assert benchmark.matmul_seconds(cfg) == pytest.approx(
       benchmark.train_flops_per_step(cfg) / jax.device_count() * 1e-12)
+  assert len(set(forms)) == 3 and len(forms) == 3 * len(
+      benchmark.step_matmuls(cfg))
+
+
+def test_matmul_forms_compute_the_forward_and_both_gradients():
+  mm = benchmark.Matmul("m", batch=2, m=5, k=3, n=4, count=1)
+  rng = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(rng[0], (2, 5, 3))
+  w = jax.random.normal(rng[1], (2, 3, 4))
+  dy = jax.random.normal(rng[2], (2, 5, 4))
+  (fwd, *_), (dx, *_), (dw, *_) = benchmark._matmul_forms(mm, jnp.float32)
+  _, vjp = jax.vjp(jnp.matmul, x, w)
+  want_dx, want_dw = vjp(dy)
+  assert jnp.allclose(fwd(x, w), x @ w, atol=1e-5)
+  assert jnp.allclose(dx(dy, w), want_dx, atol=1e-5)
+  assert jnp.allclose(dw(x, dy), want_dw, atol=1e-5)
+  # Without a batch the operands are 2-D, as in the dense layers.
+  flat = benchmark._matmul_forms(dataclasses.replace(mm, batch=1),
+                                 jnp.float32)
+  assert [(x.shape, y.shape) for _, x, y in flat] == [
+      ((5, 3), (3, 4)), ((5, 4), (3, 4)), ((5, 3), (5, 4))]
+
+
+def test_optimizer_seconds_times_the_configured_update(monkeypatch):
+  # The update runs on every parameter of the model, with the gradient
+  # norm the step passes, and is timed (repeats + a warm-up call).
+  cfg = load("size=tiny,runlocal")
+  seen = {"calls": 0}
+  real_build = train.build_task
+
+  def build_task(config):
+    task = real_build(config)
+    inner = optax.with_extra_args_support(task.tx)
+
+    def update(grads, state, params=None, **extra):
+      seen["calls"] += 1
+      seen["leaves"] = [g.shape for g in jax.tree.leaves(grads)]
+      seen["extra"] = sorted(extra)
+      return inner.update(grads, state, params, **extra)
+    return dataclasses.replace(task, tx=optax.GradientTransformationExtraArgs(
+        task.tx.init, update))
+  monkeypatch.setattr(train, "build_task", build_task)
+  assert benchmark.optimizer_seconds(cfg, repeats=2) > 0
+  params = jax.eval_shape(functools.partial(step_lib.init_state,
+                                            real_build(cfg), 32)).params
+  assert seen["leaves"] == [p.shape for p in jax.tree.leaves(params)]
+  assert seen["extra"] == ["grad_norm"]
+  assert seen["calls"] == 1  # traced once, run 3 times
 
 
 def test_the_matmuls_alone_take_less_than_the_step():
