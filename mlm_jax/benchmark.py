@@ -12,8 +12,8 @@ forward plus backward pass. Embedding lookups and elementwise work are not
 counted. On CPU, MFU is against a matmul peak measured in the same process.
 The same matmuls, each timed alone at its shape in the three forms a step
 computes (forward, input and weight gradients), and the optimizer update
-timed alone, give the MFU bound: the MFU of a step that did only that
-work, at the speed the kernels reach on it.
+timed alone (best of rounds), give the MFU bound: the MFU of a step that
+did only that work, at the speed the kernels reach on it.
 """
 from __future__ import annotations
 
@@ -230,12 +230,42 @@ class StepTiming:
   mfu: float
   peak_host_memory_gb: float
   # The step's matmuls (`matmul_seconds`) and optimizer update
-  # (`optimizer_seconds`) timed alone, and the MFU of a step that took only
-  # as long as both: the bound set by the kernels. None where not measured
-  # (the peers).
+  # (`optimizer_seconds`) timed alone (`kernel_bound`), and the MFU of a
+  # step that took only as long as both: the bound set by the kernels.
+  # None where not measured (the peers).
   matmul_seconds: float | None = None
   optimizer_seconds: float | None = None
   mfu_bound: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelBound:
+  """The work a step cannot skip, timed alone (seconds, best of rounds)."""
+  matmul_seconds: float
+  optimizer_seconds: float
+  # Matmul peaks sampled around the rounds, in FLOP/s (none if not sampled).
+  peak_samples: tuple[float, ...] = ()
+
+
+def kernel_bound(config: ml_collections.ConfigDict, *, rounds: int = 3,
+                 sample_peak: bool = True) -> KernelBound:
+  """`matmul_seconds` and `optimizer_seconds` of `config`, best of `rounds`.
+
+  The rounds are spread out, with a sample of the matmul peak (best of 2)
+  before each and after the last (with `sample_peak`). A VM's drift (10-20%
+  over minutes on the 2-core one, and seconds-long dips) only ever slows a
+  kernel down, so the best of rounds apart is the kernels' speed; against
+  the best peak sample it sets the bound on the same footing as the peak.
+  """
+  matmul_s, optimizer_s, peaks = [], [], []
+  for _ in range(rounds):
+    if sample_peak:
+      peaks.append(matmul_peak_flops(repeats=2))
+    matmul_s.append(matmul_seconds(config))
+    optimizer_s.append(optimizer_seconds(config))
+  if sample_peak:
+    peaks.append(matmul_peak_flops(repeats=2))
+  return KernelBound(min(matmul_s), min(optimizer_s), tuple(peaks))
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0):
@@ -256,8 +286,8 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
   """Times `repeats` runs of `steps` steps after compilation; medians.
 
   `matmul_bound` also times the step's matmuls and its optimizer update
-  alone (`matmul_seconds`, `optimizer_seconds`), after the step's peak
-  memory is read and its state freed.
+  alone (`kernel_bound`), after the step's peak memory is read and its
+  state freed.
   """
   config_lib.validate(config, num_devices=jax.device_count())
   par = parallel.make_parallel(config.parallel.mode, train.build_task(config),
@@ -287,46 +317,44 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
                               sample_peak=peak_flops is None)
   memory_gb = peak_host_memory_gb()
   del state, batch, metrics  # the bound's work is timed without them
+  bound = (kernel_bound(config, sample_peak=peak_flops is None)
+           if matmul_bound else None)
   return step_timing(config, times, lower_seconds, compile_seconds,
-                     peak_flops,
-                     matmul_seconds(config) if matmul_bound else None,
-                     peak_samples=peaks,
-                     optimizer_s=(optimizer_seconds(config) if matmul_bound
-                                  else None),
+                     peak_flops, bound, peak_samples=peaks,
                      peak_memory_gb=memory_gb)
 
 
 def step_timing(config: ml_collections.ConfigDict, times: list[float],
                 lower_seconds: float, compile_seconds: float,
                 peak_flops: float | None,
-                matmul_s: float | None = None,
+                bound: KernelBound | None = None,
                 peak_samples: Sequence[float] = (),
-                optimizer_s: float | None = None,
                 peak_memory_gb: float | None = None) -> StepTiming:
   """The figures of timed steps of `config` (any contender's, same rules).
 
   `times` are seconds per step of each repeat; the step time is their
   median; MFU counts this config's useful FLOPs. The peak is `peak_flops`
-  if given, else the best of `peak_samples` (from `time_repeats`) and one
-  more measured now, after `matmul_s` (`matmul_seconds(config)`, if given)
-  so that the bound's matmuls are not timed at a moment the peak missed.
-  The bound counts `matmul_s` plus `optimizer_s` (if given). Peak memory
-  is `peak_memory_gb` if given, else this process's peak so far.
+  if given, else the best of `peak_samples` (from `time_repeats`), the
+  bound's (`bound`, from `kernel_bound`, if given) and one more measured
+  now; the bound is against the same peak. Peak memory is
+  `peak_memory_gb` if given, else this process's peak so far.
   """
   median = statistics.median(times)
   flops = train_flops_per_step(config)
-  peak = peak_flops or max([*peak_samples, matmul_peak_flops()])
+  bound_peaks = bound.peak_samples if bound else ()
+  peak = peak_flops or max([*peak_samples, *bound_peaks, matmul_peak_flops()])
   tokens = config.train.batch_size * config.data.seq_len
-  bound_s = matmul_s + (optimizer_s or 0.0) if matmul_s else None
   if peak_memory_gb is None:
     peak_memory_gb = peak_host_memory_gb()
   return StepTiming(
       step_median=median, step_times=times, tokens_per_s=tokens / median,
       lower_seconds=lower_seconds, compile_seconds=compile_seconds,
       flops_per_step=flops, peak_flops=peak, mfu=flops / median / peak,
-      peak_host_memory_gb=peak_memory_gb, matmul_seconds=matmul_s,
-      optimizer_seconds=optimizer_s,
-      mfu_bound=flops / bound_s / peak if bound_s else None)
+      peak_host_memory_gb=peak_memory_gb,
+      matmul_seconds=bound.matmul_seconds if bound else None,
+      optimizer_seconds=bound.optimizer_seconds if bound else None,
+      mfu_bound=(flops / (bound.matmul_seconds + bound.optimizer_seconds)
+                 / peak if bound else None))
 
 
 def peak_host_memory_gb() -> float:
