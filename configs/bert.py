@@ -5,17 +5,22 @@ Variants come from the arg string after the file name:
   --config configs/bert.py:size=large
   --config configs/bert.py:size=tiny,runlocal   # CPU smoke run, ~2 minutes
   --config configs/bert.py:size=small,bench     # the peer benchmark's shape
+  --config configs/bert.py:objective=electra    # any objective, by name
+  --config configs/bert.py:masking=whole_word   # or span (SpanBERT)
 Any field can then be overridden: --config.optim.lr=5e-4.
 """
 import ml_collections
 
 from mlm_jax import config as config_lib
+from mlm_jax import masking
+from mlm_jax import objectives
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config for the variant named by `arg`."""
   variant = config_lib.parse_arg(arg, size="base", runlocal=False,
-                                 bench=False)
+                                 bench=False, objective="mlm",
+                                 masking="token")
   layers, hidden, heads = config_lib.model_size(variant.size)
 
   config = ml_collections.ConfigDict()
@@ -111,15 +116,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (BERT); False restricts attention to the token's own document.
   config.model.attend_across_documents = True
 
-  config.masking = ml_collections.ConfigDict()
-  # Fraction of ordinary tokens of a sequence selected for prediction.
-  config.masking.rate = 0.15
-  # Fixed per-sequence budget of predictions; 0: ceil(rate * seq_len).
-  config.masking.max_predictions = 0
-  # Of the selected tokens: share replaced by [MASK] ...
-  config.masking.mask_prob = 0.8
-  # ... share replaced by a random ordinary token (the rest stay unchanged).
-  config.masking.random_prob = 0.1
+  # The pre-training objective and each objective's settings (their fields
+  # are commented where defined: mlm_jax/objectives/<name>.py).
+  config.objective = objectives.default_config()
+  config.objective.name = variant.objective
+  # How MLM-style objectives choose what to predict (mlm_jax/masking.py).
+  config.masking = masking.default_config()
+  config.masking.strategy = variant.masking
 
   config.optim = ml_collections.ConfigDict()
   # Peak learning rate, reached at the end of warm-up.

@@ -2,13 +2,13 @@
 
 The step timed is the one training runs (masking, forward, loss at masked
 positions, backward, optimizer update, all on device), built from a config
-by `train.build_task` and wrapped by the configured parallel mode, on
+by `build_task` and wrapped by the configured parallel mode, on
 synthetic full-length batches (no padding, so every position is work).
 
-Useful FLOPs per step count what the model must compute: matmuls of the
-Transformer layers (QKV, attention scores and values, output projection,
-feed-forward), the MLM head at the masked positions only, and 3x for the
-forward plus backward pass. Embedding lookups and elementwise work are not
+Useful FLOPs per step count what the model must compute, as the objective
+declares them: for BERT's MLM the matmuls of the Transformer layers (QKV,
+attention scores and values, output projection, feed-forward), the MLM head
+at the masked positions only, and 3x for the forward plus backward pass. Embedding lookups and elementwise work are not
 counted. On CPU, MFU is against a matmul peak measured in the same process.
 The same matmuls, each timed alone at its shape in the three forms a step
 computes (forward, input and weight gradients), and the optimizer update
@@ -31,6 +31,8 @@ import numpy as np
 import optax
 
 from mlm_jax import config as config_lib
+from mlm_jax import flops
+from mlm_jax import objectives
 from mlm_jax import optim
 from mlm_jax import parallel
 from mlm_jax import step as step_lib
@@ -38,44 +40,36 @@ from mlm_jax import tokenizer as tok
 from mlm_jax import train
 
 
-@dataclasses.dataclass(frozen=True)
-class Matmul:
-  """`count` forward matmuls [batch, m, k] @ [batch, k, n] of a step."""
-  name: str
-  batch: int
-  m: int
-  k: int
-  n: int
-  count: int
+Matmul = flops.Matmul
 
-  @property
-  def flops(self) -> float:
-    return 2.0 * self.count * self.batch * self.m * self.k * self.n
+
+def synthetic_word_starts(vocab_size: int, seed: int = 0) -> np.ndarray:
+  """A [vocab_size] word-start table for timing whole-word masking without
+  a tokenizer: two pieces in three start a word, as in the offline corpus's
+  (0.68); the step's cost does not depend on which."""
+  starts = np.random.default_rng(seed).random(vocab_size) < 2 / 3
+  starts[:tok.NUM_SPECIAL_TOKENS] = True
+  return starts
+
+
+def build_task(config: ml_collections.ConfigDict) -> step_lib.Task:
+  """`train.build_task` with a synthetic word-start table."""
+  return train.build_task(config, synthetic_word_starts(config.vocab_size))
 
 
 def step_matmuls(config: ml_collections.ConfigDict,
                  batch_size: int | None = None) -> list[Matmul]:
   """The useful matmuls of the forward pass, for `batch_size` examples.
 
+  What the objective declares (`Objective.matmuls`): for BERT's MLM the
   Transformer layers at every position (fused QKV, attention scores and
-  weighted values per head, output projection, feed-forward), the MLM head
-  at the masked positions only. Embedding lookups are not matmuls.
+  weighted values per head, output projection, feed-forward) and the MLM
+  head at the masked positions only. Embedding lookups are not matmuls.
   """
-  m = config.model
-  b = batch_size or config.train.batch_size
-  l, h, f = config.data.seq_len, m.hidden_size, m.intermediate_size
-  layers, heads = m.num_layers, m.num_heads
-  t, p = b * l, b * config_lib.max_predictions(config)
-  return [
-      Matmul("qkv", 1, t, h, 3 * h, layers),
-      Matmul("attention scores", b * heads, l, h // heads, l, layers),
-      Matmul("attention values", b * heads, l, l, h // heads, layers),
-      Matmul("attention output", 1, t, h, h, layers),
-      Matmul("feed-forward in", 1, t, h, f, layers),
-      Matmul("feed-forward out", 1, t, f, h, layers),
-      Matmul("head transform", 1, p, h, h, 1),
-      Matmul("vocabulary projection", 1, p, h, config.vocab_size, 1),
-  ]
+  objective = objectives.build(config,
+                               synthetic_word_starts(config.vocab_size))
+  return objective.matmuls(batch_size or config.train.batch_size,
+                           config.data.seq_len)
 
 
 def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
@@ -162,7 +156,7 @@ def optimizer_seconds(config: ml_collections.ConfigDict,
   It is memory-bound: a few passes over every parameter-sized array. With
   `parallel.fsdp`, each device updates its 1/fsdp share.
   """
-  task = train.build_task(config)
+  task = build_task(config)
   shapes = jax.eval_shape(functools.partial(step_lib.init_state, task,
                                             config.data.seq_len))
   fill = lambda s: jnp.full(s.shape, 1e-3, s.dtype)
@@ -290,7 +284,7 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
   state freed.
   """
   config_lib.validate(config, num_devices=jax.device_count())
-  par = parallel.make_parallel(config.parallel.mode, train.build_task(config),
+  par = parallel.make_parallel(config.parallel.mode, build_task(config),
                                config.data.seq_len, config.parallel.fsdp)
   state = par.init_state()
   batch = par.put_batch(synthetic_batch(config))

@@ -8,10 +8,14 @@ expensive starts.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import ml_collections
+
+from mlm_jax import masking
+from mlm_jax import objectives
+from mlm_jax.errors import ConfigError
+from mlm_jax.errors import check as _check
 
 # (num_layers, hidden_size, num_heads); intermediate size is 4 * hidden.
 # tiny..medium from Turc et al. 2019 ("Well-Read Students Learn Better"),
@@ -27,10 +31,6 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
 
 # Memory allocators a launcher's process can run on (see hostenv.py).
 ALLOCATORS = ("jemalloc", "tcmalloc", "system")
-
-
-class ConfigError(ValueError):
-  """A bad config value; the message names the field and the fix."""
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -71,16 +71,7 @@ def model_size(name: str) -> tuple[int, int, int]:
   return MODEL_SIZES[name]
 
 
-def max_predictions(config: ml_collections.ConfigDict) -> int:
-  """The per-sequence mask budget: set explicitly, or ceil(rate * seq_len)."""
-  if config.masking.max_predictions > 0:
-    return int(config.masking.max_predictions)
-  return int(math.ceil(config.masking.rate * config.data.seq_len))
-
-
-def _check(ok: bool, field: str, problem: str, fix: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field}: {problem}; {fix}.")
+max_predictions = masking.max_predictions
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int,
@@ -92,8 +83,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
     num_devices: devices the global batch is split over.
     tokenizer_vocab_size: size of the tokenizer in use, when known.
   """
-  m, d, t, o, k = (config.model, config.data, config.train, config.optim,
-                   config.masking)
+  m, d, t, o = config.model, config.data, config.train, config.optim
   _check(m.hidden_size % m.num_heads == 0, "model.hidden_size",
          f"{m.hidden_size} is not divisible by model.num_heads={m.num_heads}",
          "choose sizes with hidden_size % num_heads == 0")
@@ -132,16 +122,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
            f"{tokenizer_vocab_size} pieces",
            f"set --config.vocab_size={tokenizer_vocab_size} or use another "
            "tokenizer")
-  _check(0.0 < k.rate < 1.0, "masking.rate", f"{k.rate} is outside (0, 1)",
-         "use e.g. 0.15")
-  _check(k.mask_prob >= 0 and k.random_prob >= 0
-         and k.mask_prob + k.random_prob <= 1.0, "masking.mask_prob",
-         f"mask_prob={k.mask_prob} and random_prob={k.random_prob} must be "
-         "non-negative and sum to at most 1", "use e.g. 0.8 and 0.1")
-  budget = max_predictions(config)
-  _check(1 <= budget <= d.seq_len - 2, "masking.max_predictions",
-         f"budget {budget} does not fit a sequence of {d.seq_len}",
-         "use 0 (derived from the rate) or a value in [1, seq_len - 2]")
+  objectives.check_config(config)
   _check(t.batch_size > 0 and t.batch_size % num_devices == 0,
          "train.batch_size",
          f"{t.batch_size} is not divisible by the {num_devices} devices",

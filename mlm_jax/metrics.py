@@ -1,9 +1,10 @@
 """Metrics: summing step outputs on the host, and the JSONL log.
 
-The step returns sums and their denominators (see `objectives`); the loop
-keeps the per-step device outputs of a logging interval without touching
-them, then fetches them all at once, so there is no device-to-host sync per
-step. Means are taken here, once.
+The step returns every metric as a (sum, count) pair (see
+`objectives.losses.pair`); the loop keeps the per-step device outputs of a
+logging interval without touching them, then fetches them all at once, so
+there is no device-to-host sync per step. Means are taken here, once:
+sum of sums / sum of counts.
 """
 from __future__ import annotations
 
@@ -13,32 +14,41 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+# A counter, not a mean: reported as a rate (tokens_per_s), never averaged.
+TOKENS = "tokens"
 
-def sum_metrics(steps: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
-  """Sums host metric dicts key by key (plus `steps`, how many were summed)."""
-  total: dict[str, float] = {}
-  count = 0
+
+def sum_metrics(steps: Iterable[dict[str, np.ndarray]]
+                ) -> dict[str, np.ndarray]:
+  """Sums host metric dicts of (sum, count) pairs key by key."""
+  total: dict[str, np.ndarray] = {}
   for m in steps:
-    count += 1
     for k, v in m.items():
-      total[k] = total.get(k, 0.0) + float(v)
-  total["steps"] = float(count)
+      v = np.asarray(v, np.float64)
+      total[k] = total[k] + v if k in total else v
   return total
 
 
-def summarize(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
-  """Means from sums: MLM loss and accuracy per prediction, grad norm per
-  step; everything else is passed through."""
-  count = max(sums.get("mlm_count", 0.0), 1.0)
-  out = {f"{prefix}loss": sums["mlm_loss_sum"] / count,
-         f"{prefix}accuracy": sums["mlm_correct_sum"] / count,
-         f"{prefix}predictions": sums.get("mlm_count", 0.0)}
-  if "grad_norm" in sums:
-    out[f"{prefix}grad_norm"] = sums["grad_norm"] / max(sums["steps"], 1.0)
+def summarize(sums: Mapping[str, np.ndarray],
+              loss_weights: Mapping[str, float],
+              prefix: str = "") -> dict[str, float]:
+  """Means from (sum, count) pairs, and `loss`, the weighted training loss.
+
+  `loss` = sum over terms of weight * mean(term), as the step minimises it;
+  a lone term of weight 1 is `loss` itself and is not repeated. Every other
+  pair is reported as its mean (0 when its count is 0), `tokens` excepted.
+  """
+  mean = lambda k: float(sums[k][0] / sums[k][1]) if sums[k][1] else 0.0
+  out = {f"{prefix}loss": sum(w * mean(t) for t, w in loss_weights.items())}
+  alone = (next(iter(loss_weights)) if len(loss_weights) == 1
+           and next(iter(loss_weights.values())) == 1.0 else None)
+  for k in sums:
+    if k not in (TOKENS, alone):
+      out[f"{prefix}{k}"] = mean(k)
   return out
 
 
@@ -55,8 +65,10 @@ class IntervalMeter:
   `paused()` (evaluation, checkpointing) is not training time either.
   """
 
-  def __init__(self, fetch: Callable[[list], list[dict[str, np.ndarray]]]):
+  def __init__(self, fetch: Callable[[list], list[dict[str, np.ndarray]]],
+               loss_weights: Mapping[str, float]):
     self._fetch = fetch
+    self._loss_weights = dict(loss_weights)
     self._pending: list = []
     self._host: list[dict[str, np.ndarray]] = []
     self._timed_steps = 0
@@ -84,9 +96,9 @@ class IntervalMeter:
     """Means of the interval, `tokens_per_s` and `steps_per_s`; resets."""
     timed = self._fetch(self._pending)
     elapsed = max(time.perf_counter() - self._tick, 1e-9)
-    out = summarize(sum_metrics(self._host + timed))
+    out = summarize(sum_metrics(self._host + timed), self._loss_weights)
     if self._timed_steps:
-      out["tokens_per_s"] = sum_metrics(timed)["tokens"] / elapsed
+      out["tokens_per_s"] = float(sum_metrics(timed)[TOKENS][0]) / elapsed
       out["steps_per_s"] = self._timed_steps / elapsed
     self._pending, self._host, self._timed_steps = [], [], 0
     self._tick = time.perf_counter()

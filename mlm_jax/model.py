@@ -1,4 +1,4 @@
-"""A BERT encoder and its MLM head in Flax (linen).
+"""A BERT encoder in Flax (linen): tokens in, hidden states out.
 
 Parameter names follow Hugging Face's BertModel one-to-one where the layout
 allows (embeddings/word_embeddings, .../LayerNorm, attention, intermediate,
@@ -8,9 +8,10 @@ deliberate differences, both cheap to map: Q, K and V are one fused kernel
 `scan_layers` the layer parameters are stacked on a leading [num_layers] axis
 (one compiled layer instead of N).
 
-The MLM head runs only at the selected positions: hidden states are gathered
-to [B, P, H] before the dense transform and the vocabulary projection, which
-dominate the cost of small models when applied to all L positions.
+Heads live with the objectives that train them (`mlm_jax/objectives/`).
+Which keys a query may attend to is an input: padding is always hidden,
+other documents of a packed example optionally, and later positions for the
+causal and prefix language models (`prefix_lengths`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from mlm_jax import dropout as dropout_lib
-from mlm_jax import objectives
 from mlm_jax import tokenizer as tok
 
 
@@ -103,23 +103,27 @@ class FlatDense(nn.Module):
     return y.reshape(lead + self.features) + bias.astype(cfg.compute_dtype)
 
 
-def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Module:
+def dense(cfg: EncoderConfig, features: int, name: str) -> nn.Module:
   return FlatDense(cfg, (features,), name=name)
 
 
-def _layer_norm(cfg: EncoderConfig, name: str) -> nn.Module:
+def layer_norm(cfg: EncoderConfig, name: str) -> nn.Module:
   return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                       param_dtype=jnp.float32, name=name)
 
 
 def attention_bias(tokens: jax.Array, document_ids: jax.Array | None = None,
+                   prefix_lengths: jax.Array | None = None,
                    dtype=jnp.float32) -> jax.Array:
-  """Additive attention bias that hides padding (and other documents).
+  """Additive attention bias that hides padding (and what else is asked).
 
   Args:
     tokens: [B, L] int token ids; [PAD] keys are masked out.
     document_ids: [B, L] int document of each token within its packed
       example, or None to let tokens attend across documents.
+    prefix_lengths: [B] int, or None for bidirectional attention. Given, a
+      query at position q sees the keys k < prefix (the bidirectional
+      prefix) and k <= q: a prefix language model; 0 makes it causal.
   Returns:
     [B, 1, 1, L] (padding only) or [B, 1, L, L] array: 0 where a query may
     attend to a key, a large negative number where it may not.
@@ -128,6 +132,11 @@ def attention_bias(tokens: jax.Array, document_ids: jax.Array | None = None,
   if document_ids is not None:
     keep = keep & (document_ids[:, None, :, None]
                    == document_ids[:, None, None, :])
+  if prefix_lengths is not None:
+    index = jnp.arange(tokens.shape[1])
+    earlier = index[None, :] <= index[:, None]  # [query, key]
+    in_prefix = index[None, None, :] < prefix_lengths[:, None, None]
+    keep = keep & (earlier[None] | in_prefix)[:, None]
   return jnp.where(keep, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
@@ -166,15 +175,15 @@ class TransformerLayer(nn.Module):
 
     def block(x, fn, norm_name):
       if cfg.pre_layer_norm:
-        return x + drop(fn(_layer_norm(cfg, norm_name)(x)), deterministic)
-      return _layer_norm(cfg, norm_name)(x + drop(fn(x), deterministic))
+        return x + drop(fn(layer_norm(cfg, norm_name)(x)), deterministic)
+      return layer_norm(cfg, norm_name)(x + drop(fn(x), deterministic))
 
     x = block(x, lambda h: SelfAttention(cfg, name="attention")(
         h, bias, deterministic), "attention_norm")
 
     def feed_forward(h):
-      h = _dense(cfg, cfg.intermediate_size, "intermediate")(h)
-      return _dense(cfg, cfg.hidden_size, "output")(nn.gelu(h, approximate=False))
+      h = dense(cfg, cfg.intermediate_size, "intermediate")(h)
+      return dense(cfg, cfg.hidden_size, "output")(nn.gelu(h, approximate=False))
 
     return block(x, feed_forward, "output_norm")
 
@@ -226,7 +235,8 @@ class Encoder(nn.Module):
   """Embeddings and the stack of Transformer layers.
 
   Returns hidden states [B, L, H] for tokens [B, L] with segment ids and
-  positions [B, L].
+  positions [B, L]. `embed` alone gives the normalised embeddings, which
+  ELECTRA's generator shares.
   """
   cfg: EncoderConfig
 
@@ -240,74 +250,41 @@ class Encoder(nn.Module):
     self.position_embeddings = embed(cfg.max_positions, "position_embeddings")
     self.token_type_embeddings = embed(cfg.type_vocab_size,
                                        "token_type_embeddings")
-    self.embedding_norm = _layer_norm(cfg, "embeddings_LayerNorm")
+    self.embedding_norm = layer_norm(cfg, "embeddings_LayerNorm")
     self.embedding_dropout = dropout_lib.make(cfg.dropout_rng, cfg.dropout)
     self.stack = TransformerStack(cfg, name="encoder")
-    self.final_norm = (_layer_norm(cfg, "final_LayerNorm")
+    self.final_norm = (layer_norm(cfg, "final_LayerNorm")
                        if cfg.pre_layer_norm else None)
 
+  def embed(self, tokens, segment_ids, positions, *, deterministic: bool):
+    """[B, L, H] embeddings: word + position + segment, normalised, dropout."""
+    x = (self.word_embeddings(tokens) + self.position_embeddings(positions)
+         + self.token_type_embeddings(segment_ids))
+    x = self.embedding_norm(x.astype(self.cfg.compute_dtype))
+    return self.embedding_dropout(x, deterministic)
+
   def __call__(self, tokens, segment_ids, positions, *, deterministic: bool,
-               document_ids=None):
+               document_ids=None, prefix_lengths=None):
+    """Hidden states [B, L, H].
+
+    Args:
+      tokens, segment_ids, positions: [B, L] int32.
+      deterministic: disables dropout when True.
+      document_ids: [B, L] int32 document of each token in its packed
+        example; used only when `cfg.attend_across_documents` is False.
+      prefix_lengths: [B] int32 for a prefix (0: causal) language model's
+        attention; None for bidirectional (see `attention_bias`).
+    """
     cfg = self.cfg
     if cfg.attend_across_documents:
       document_ids = None
-    x = (self.word_embeddings(tokens) + self.position_embeddings(positions)
-         + self.token_type_embeddings(segment_ids))
-    x = self.embedding_norm(x.astype(cfg.compute_dtype))
-    x = self.embedding_dropout(x, deterministic)
-    x = self.stack(x, attention_bias(tokens, document_ids), deterministic)
+    x = self.embed(tokens, segment_ids, positions, deterministic=deterministic)
+    x = self.stack(x, attention_bias(tokens, document_ids, prefix_lengths),
+                   deterministic)
     if self.final_norm is not None:
       x = self.final_norm(x)
     return x
 
-  def attend(self, h):
-    """Projects [..., H] onto the (tied) vocabulary: [..., V] float32 logits.
-
-    Accumulates in float32 even under bfloat16 compute: logits of large
-    magnitude would otherwise lose the precision the softmax needs.
-    """
-    table = self.word_embeddings.embedding.astype(h.dtype)
-    return jnp.einsum("...h,vh->...v", h, table,
-                      preferred_element_type=jnp.float32)
-
-
-class BertForMaskedLM(nn.Module):
-  """Encoder plus the BERT MLM head, evaluated at selected positions only."""
-  cfg: EncoderConfig
-
-  def setup(self):
-    self.bert = Encoder(self.cfg)
-    self.transform = _dense(self.cfg, self.cfg.hidden_size, "transform")
-    self.transform_norm = _layer_norm(self.cfg, "transform_LayerNorm")
-    self.output_bias = self.param("output_bias", nn.initializers.zeros,
-                                  (self.cfg.vocab_size,), jnp.float32)
-
-  def __call__(self, tokens, segment_ids, positions, mask_positions, *,
-               deterministic: bool = True, document_ids=None, labels=None,
-               weights=None):
-    """MLM logits at the selected positions, or their loss given labels.
-
-    Args:
-      tokens: [B, L] int32 (already masked) input ids.
-      segment_ids: [B, L] int32 token-type ids.
-      positions: [B, L] int32 position ids.
-      mask_positions: [B, P] int32 positions to predict.
-      deterministic: disables dropout when True.
-      document_ids: [B, L] int32 document of each token in its packed
-        example; used only when `cfg.attend_across_documents` is False.
-      labels, weights: [B, P] targets and their weights. When given, the
-        logits are never materialised for the caller: the result is
-        `objectives.mlm_head_metrics`, whose fused backward pass is the
-        fast way to train.
-    Returns:
-      [B, P, V] float32 logits, or the metric sums given labels.
-    """
-    hidden = self.bert(tokens, segment_ids, positions,
-                       deterministic=deterministic, document_ids=document_ids)
-    h = jnp.take_along_axis(hidden, mask_positions[..., None], axis=1)
-    h = self.transform_norm(nn.gelu(self.transform(h), approximate=False))
-    if labels is not None:
-      table = self.bert.word_embeddings.embedding.astype(h.dtype)
-      return objectives.mlm_head_metrics(h, table, self.output_bias, labels,
-                                         weights)
-    return self.bert.attend(h) + self.output_bias
+  def embedding_table(self, dtype) -> jax.Array:
+    """The [V, H] word-embedding matrix, which output heads tie to."""
+    return self.word_embeddings.embedding.astype(dtype)

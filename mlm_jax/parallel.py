@@ -56,7 +56,7 @@ class _Wrapper:
 class PmapParallel(_Wrapper):
   """Data parallelism with `jax.pmap` over the local devices, axis 'data'."""
 
-  def __init__(self, task: step_lib.MLMTask, seq_len: int):
+  def __init__(self, task: step_lib.Task, seq_len: int):
     self.task, self.seq_len = task, seq_len
     self.devices = jax.local_devices()
     self._mesh = jax.sharding.Mesh(np.array(self.devices), ("devices",))
@@ -134,7 +134,7 @@ def fsdp_spec(path, shape, fsdp: int,
 class MeshParallel(_Wrapper):
   """`jax.jit` over a ('data', 'fsdp') mesh of all devices (all hosts)."""
 
-  def __init__(self, task: step_lib.MLMTask, seq_len: int, fsdp: int = 1,
+  def __init__(self, task: step_lib.Task, seq_len: int, fsdp: int = 1,
                min_sharded_size: int = MIN_SHARDED_SIZE):
     self.task, self.seq_len = task, seq_len
     devices = np.array(jax.devices()).reshape(-1, fsdp)
@@ -189,7 +189,7 @@ class MeshParallel(_Wrapper):
     return jax.tree.map(np.asarray, jax.device_get(metrics))
 
 
-def make_parallel(mode: str, task: step_lib.MLMTask, seq_len: int,
+def make_parallel(mode: str, task: step_lib.Task, seq_len: int,
                   fsdp: int = 1):
   """The wrapper named by `config.parallel.mode` ('pmap' or 'jit')."""
   if mode == "pmap":

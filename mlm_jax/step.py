@@ -1,11 +1,12 @@
-"""The pure train and eval steps of MLM pre-training.
+"""The pure train and eval steps of pre-training, for any objective.
 
 Written once, with a global view of the batch: under `jax.jit` over a mesh
 they run as they read (`axis_name=None`); under `jax.pmap` each device sees
-its shard and `axis_name='data'` turns the sums into `psum`s. The loss of a
-step is sum(loss at masked slots) / (number of masked slots in the GLOBAL
-batch), so every layout computes the same gradient, not a mean of per-device
-means.
+its shard and `axis_name='data'` turns the sums into `psum`s. Each loss term
+of the objective is its sum over the batch / its count over the GLOBAL
+batch, so every layout computes the same gradient, not a mean of per-device
+means. The objective (`mlm_jax/objectives/`) does everything specific to
+it; the step knows none by name.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ import optax
 from mlm_jax import masking
 from mlm_jax import optim
 from mlm_jax import tokenizer as tok
+from mlm_jax.objectives import base
+from mlm_jax.objectives import losses
 
-Batch = dict[str, jax.Array]
-Metrics = dict[str, jax.Array]
+Batch = base.Batch
+Metrics = base.Metrics
 
 
 @flax.struct.dataclass
@@ -34,74 +37,60 @@ class TrainState:
 
 
 @dataclasses.dataclass(frozen=True)
-class MLMTask:
-  """The static parts of the step: model, optimizer and masking settings."""
-  model: Any  # model.BertForMaskedLM
+class Task:
+  """The static parts of the step: objective, optimizer, seed."""
+  objective: base.Objective
   tx: optax.GradientTransformation
   seed: int
-  vocab_size: int
-  max_predictions: int
-  rate: float = 0.15
-  mask_prob: float = 0.8
-  random_prob: float = 0.1
   # Micro-batches per step: gradients summed over a scan, one update.
   accum_steps: int = 1
-
-  def mask(self, batch: Batch, stream: int) -> masking.Masked:
-    keys = masking.example_keys(self.seed, stream, batch["example_id"])
-    return masking.mask_tokens(
-        keys, batch["tokens"], max_predictions=self.max_predictions,
-        vocab_size=self.vocab_size, rate=self.rate, mask_prob=self.mask_prob,
-        random_prob=self.random_prob)
 
 
 def _psum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
-def init_state(task: MLMTask, seq_len: int) -> TrainState:
+def init_state(task: Task, seq_len: int) -> TrainState:
   """Initial parameters (from the seed) and optimizer state."""
-  dummy = jnp.zeros((1, seq_len), jnp.int32)
-  params = task.model.init(
-      jax.random.key(task.seed), dummy, dummy, dummy,
-      jnp.zeros((1, task.max_predictions), jnp.int32))["params"]
+  params = task.objective.init(jax.random.key(task.seed), seq_len)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=task.tx.init(params))
 
 
-def _mlm_metrics(task: MLMTask, params, masked: masking.Masked, batch: Batch,
-                 dropout_key=None) -> Metrics:
-  """Loss and accuracy sums at the masked slots (the model's fused head)."""
-  return task.model.apply(
-      {"params": params}, masked.inputs, batch["segment_ids"],
-      batch["positions"], masked.positions,
-      deterministic=dropout_key is None,
-      document_ids=batch.get("document_ids"), labels=masked.labels,
-      weights=masked.weights,
-      rngs=None if dropout_key is None else {"dropout": dropout_key})
+def _loss(task: Task, metrics: Metrics, global_counts) -> jax.Array:
+  """sum over terms of weight * (this shard's sum) / (global count)."""
+  total = 0.0
+  for term, weight in task.objective.loss_weights.items():
+    mean = metrics[term][0] / global_counts[term]
+    total = total + (mean if weight == 1.0 else weight * mean)
+  return total
 
 
-def train_step(state: TrainState, batch: Batch, *, task: MLMTask,
+def train_step(state: TrainState, batch: Batch, *, task: Task,
                axis_name: str | None = None) -> tuple[TrainState, Metrics]:
-  """One optimizer step on a batch; masks are drawn here, on device.
+  """One optimizer step on a batch; corruption is drawn here, on device.
 
   Args:
     state: the train state (replicated per device under pmap).
     batch: `tokens`, `segment_ids`, `positions` [B, L] int32, optionally
       `document_ids` [B, L] int32, and `example_id` [B] uint32 (B is the
       per-device batch under pmap).
-    task: model, optimizer and masking settings.
+    task: the objective, optimizer and seed.
     axis_name: the pmap axis to reduce over, or None under jit.
   Returns:
-    The new state and metrics: float32 sums over the global batch
-    (`mlm_loss_sum`, `mlm_correct_sum`, `mlm_count`, `tokens`) plus
-    `grad_norm`, identical on every device.
+    The new state and metrics, identical on every device: the objective's
+    (sum, count) pairs over the global batch, `tokens` (non-padding tokens
+    trained on) and `grad_norm`.
   """
-  masked = task.mask(batch, masking.TRAIN_MASK_STREAM)
-  global_count = jnp.maximum(_psum(jnp.sum(masked.weights), axis_name), 1.0)
+  objective = task.objective
+  corrupted = objective.corrupt(
+      batch, masking.stream_key(task.seed, masking.TRAIN_MASK_STREAM),
+      axis_name=axis_name)
+  global_counts = {
+      term: jnp.maximum(_psum(count, axis_name), 1.0)
+      for term, count in objective.loss_counts(corrupted).items()}
   dropout_key = jax.random.fold_in(
-      jax.random.fold_in(jax.random.key(task.seed), masking.DROPOUT_STREAM),
-      state.step)
+      masking.stream_key(task.seed, masking.DROPOUT_STREAM), state.step)
   if axis_name is not None:
     dropout_key = jax.random.fold_in(dropout_key,
                                      jax.lax.axis_index(axis_name))
@@ -109,17 +98,17 @@ def train_step(state: TrainState, batch: Batch, *, task: MLMTask,
   def grad_fn(params, micro, key):
     """Gradient of this micro-batch's share of the global mean loss."""
     def loss_fn(params):
-      metrics = _mlm_metrics(task, params, micro[0], micro[1], key)
-      return metrics["mlm_loss_sum"] / global_count, metrics
+      metrics = objective.metrics(params, micro, key)
+      return _loss(task, metrics, global_counts), metrics
     return jax.grad(loss_fn, has_aux=True)(params)
 
   if task.accum_steps == 1:
-    grads, metrics = grad_fn(state.params, (masked, batch), dropout_key)
+    grads, metrics = grad_fn(state.params, corrupted, dropout_key)
   else:
-    # Each micro-batch's loss is divided by the count of the WHOLE batch,
+    # Each micro-batch's loss is divided by the counts of the WHOLE batch,
     # so the summed gradients equal the large batch's gradient.
     split = lambda x: x.reshape((task.accum_steps, -1) + x.shape[1:])
-    micros = jax.tree.map(split, (masked, batch))
+    micros = jax.tree.map(split, corrupted)
 
     def body(carry, xs):
       i, micro = xs
@@ -139,21 +128,22 @@ def train_step(state: TrainState, batch: Batch, *, task: MLMTask,
   updates, opt_state = optax.with_extra_args_support(task.tx).update(
       grads, state.opt_state, state.params, grad_norm=grad_norm)
   params = optax.apply_updates(state.params, updates)
-  metrics["tokens"] = jnp.sum(batch["tokens"] != tok.PAD_ID).astype(
-      jnp.float32)
+  metrics["tokens"] = losses.pair(jnp.sum(batch["tokens"] != tok.PAD_ID), 1.0)
   metrics = _psum(metrics, axis_name)
-  metrics["grad_norm"] = grad_norm
+  metrics["grad_norm"] = losses.pair(grad_norm, 1.0)
   new_state = TrainState(step=state.step + 1, params=params,
                          opt_state=opt_state)
   return new_state, metrics
 
 
-def eval_step(params, batch: Batch, *, task: MLMTask,
+def eval_step(params, batch: Batch, *, task: Task,
               axis_name: str | None = None) -> Metrics:
-  """MLM loss and accuracy sums with fixed (evaluation-stream) masks.
+  """The objective's metrics with fixed (evaluation-stream) corruption.
 
-  Rows made only of [PAD] (used to fill the last batch) have no candidates
-  and therefore contribute nothing.
+  Rows made only of [PAD] (used to fill the last batch) have nothing to
+  predict and therefore contribute nothing.
   """
-  masked = task.mask(batch, masking.EVAL_MASK_STREAM)
-  return _psum(_mlm_metrics(task, params, masked, batch), axis_name)
+  corrupted = task.objective.corrupt(
+      batch, masking.stream_key(task.seed, masking.EVAL_MASK_STREAM),
+      axis_name=axis_name)
+  return _psum(task.objective.metrics(params, corrupted), axis_name)

@@ -308,3 +308,17 @@ class Tokenizer:
   def id_to_piece(self, token_id: int) -> str:
     """The piece string of `token_id` (e.g. '[MASK]', '▁the')."""
     return self._sp.id_to_piece(int(token_id))
+
+  def word_starts(self) -> np.ndarray:
+    """[vocab_size] bool: which pieces start a word, for whole-word masking.
+
+    A piece starts a word when it begins with SentencePiece's word-boundary
+    marker '\u2581' (a space in the text); special, unknown and byte pieces
+    count as starts, so no word runs across them. A tokenizer trained
+    without whitespace markers has no starting ordinary piece at all.
+    """
+    sp = self._sp
+    return np.array([
+        sp.id_to_piece(i).startswith("\u2581") or sp.is_control(i)
+        or sp.is_unknown(i) or sp.is_byte(i) for i in range(sp.get_piece_size())
+    ], dtype=bool)

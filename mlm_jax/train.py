@@ -20,7 +20,7 @@ from absl import logging
 from mlm_jax import checkpoint as ckpt_lib
 from mlm_jax import config as config_lib
 from mlm_jax import metrics as metrics_lib
-from mlm_jax import model as model_lib
+from mlm_jax import objectives
 from mlm_jax import optim
 from mlm_jax import parallel
 from mlm_jax import step as step_lib
@@ -28,16 +28,16 @@ from mlm_jax.data import loader
 from mlm_jax.data import prepare
 
 
-def build_task(config: ml_collections.ConfigDict) -> step_lib.MLMTask:
-  """Model, optimizer and masking settings of a run, from its config."""
-  model = model_lib.BertForMaskedLM(model_lib.EncoderConfig.from_config(config))
-  return step_lib.MLMTask(
-      model=model, tx=optim.make_optimizer(config.optim, config.train.num_steps),
-      seed=config.seed, vocab_size=config.vocab_size,
-      max_predictions=config_lib.max_predictions(config),
-      rate=config.masking.rate, mask_prob=config.masking.mask_prob,
-      random_prob=config.masking.random_prob,
-      accum_steps=config.train.accum_steps)
+def build_task(config: ml_collections.ConfigDict,
+               word_starts=None) -> step_lib.Task:
+  """Objective, optimizer and seed of a run, from its config.
+
+  `word_starts`: the tokenizer's word-start table, for whole-word masking.
+  """
+  return step_lib.Task(
+      objective=objectives.build(config, word_starts),
+      tx=optim.make_optimizer(config.optim, config.train.num_steps),
+      seed=config.seed, accum_steps=config.train.accum_steps)
 
 
 def _to_device(batches: Iterator, put, depth: int = 2) -> Iterator:
@@ -68,13 +68,14 @@ def _keep_tokenizer(data: prepare.PreparedData, workdir: pathlib.Path) -> None:
 
 def evaluate(par, state, data: prepare.PreparedData,
              config: ml_collections.ConfigDict) -> dict[str, float]:
-  """MLM loss and accuracy on the held-out split, with fixed masks."""
+  """The objective's metrics on the held-out split, with fixed masks."""
   outputs = [par.eval_step(state, par.put_batch(b)) for b in loader.eval_batches(
       data.source("eval"), global_batch=config.train.batch_size,
       max_batches=config.train.eval_batches,
       process_index=jax.process_index(), process_count=jax.process_count())]
   return metrics_lib.summarize(
-      metrics_lib.sum_metrics(par.fetch(outputs)), prefix="eval_")
+      metrics_lib.sum_metrics(par.fetch(outputs)),
+      par.task.objective.loss_weights, prefix="eval_")
 
 
 def _evaluate_and_log(par, state, data, config, step, writer):
@@ -119,10 +120,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   data = prepare.prepare(config)
   config_lib.validate(config, num_devices=jax.device_count(),
                       tokenizer_vocab_size=data.tokenizer.vocab_size)
+  word_starts = data.tokenizer.word_starts()
+  objectives.check_word_starts(config, word_starts, str(data.tokenizer.path))
   _keep_tokenizer(data, workdir)
   logging.info("Data: %s", {k: data.manifest[k] for k in (
       "documents", "examples", "tokens", "packing_efficiency")})
-  par = parallel.make_parallel(config.parallel.mode, build_task(config),
+  par = parallel.make_parallel(config.parallel.mode,
+                               build_task(config, word_starts),
                                config.data.seq_len, config.parallel.fsdp)
   t = config.train
   with ckpt_lib.Checkpointer(
@@ -166,7 +170,8 @@ def _train_loop(config, par, state, start, next_index, data, checkpointer,
       process_count=jax.process_count(), threads=config.data.loader_threads),
       par.put_batch)
   summary: dict[str, float] = {}
-  meter = metrics_lib.IntervalMeter(par.fetch)
+  meter = metrics_lib.IntervalMeter(par.fetch,
+                                    par.task.objective.loss_weights)
   for step in range(start, num_steps):
     state, step_metrics = par.train_step(state, next(batches))
     meter.add(step_metrics)

@@ -106,8 +106,8 @@ def test_optimizer_seconds_times_the_configured_update(monkeypatch):
   seen = {"calls": 0}
   real_build = train.build_task
 
-  def build_task(config):
-    task = real_build(config)
+  def build_task(config, word_starts=None):
+    task = real_build(config, word_starts)
     inner = optax.with_extra_args_support(task.tx)
 
     def update(grads, state, params=None, **extra):

@@ -1,4 +1,4 @@
-"""BertForMaskedLM: shapes, parameter layout, padding, the gathered and tied
+"""The encoder and BERT's MLM model: shapes, parameter layout, padding, the gathered and tied
 MLM head, a numpy BERT reference, scan/remat/dtype equivalences, dropout and
 segment ids.
 
@@ -22,7 +22,8 @@ import scipy.special
 
 from mlm_jax import dropout as dropout_lib
 from mlm_jax import model as model_lib
-from mlm_jax import objectives
+from mlm_jax.objectives import losses
+from mlm_jax.objectives import mlm as mlm_lib
 from mlm_jax import tokenizer as tok
 
 V, H, LAYERS, FFN = 64, 32, 2, 48
@@ -58,7 +59,8 @@ def _batch(length=L, real=(8, 5)):
 
 def _param_shapes(cfg):
   t, s, p, m = _batch()
-  return jax.eval_shape(model_lib.BertForMaskedLM(cfg).init, KEY, t, s, p,
+  return jax.eval_shape(functools.partial(
+      mlm_lib.BertForMaskedLM(cfg).init, method="logits"), KEY, t, s, p,
                         m)["params"]
 
 
@@ -94,12 +96,12 @@ def _is_encoder_call(module, method_name):
 @functools.lru_cache(maxsize=None)
 def _forward(cfg, deterministic=True):
   """jitted (params, tokens, segs, pos, mask_pos, rng) -> (logits, hidden)."""
-  model = model_lib.BertForMaskedLM(cfg)
+  model = mlm_lib.BertForMaskedLM(cfg)
 
   def fwd(params, tokens, segments, positions, mask_positions, rng):
     logits, state = model.apply(
         {"params": params}, tokens, segments, positions, mask_positions,
-        deterministic=deterministic, rngs={"dropout": rng},
+        deterministic=deterministic, rngs={"dropout": rng}, method="logits",
         capture_intermediates=_is_encoder_call, mutable=["intermediates"])
     return logits, state["intermediates"]["bert"]["__call__"][0]
   return _jit(fwd)
@@ -113,14 +115,14 @@ def _run(cfg, params, batch, deterministic=True, rng=KEY):
 @functools.lru_cache(maxsize=None)
 def _loss_and_grad(cfg):
   """jitted MLM loss (dropout on) and its gradient wrt the params."""
-  model = model_lib.BertForMaskedLM(cfg)
+  model = mlm_lib.BertForMaskedLM(cfg)
 
   def loss(params, tokens, segments, positions, mask_positions, labels, rng):
     logits = model.apply({"params": params}, tokens, segments, positions,
                          mask_positions, deterministic=False,
-                         rngs={"dropout": rng})
-    return objectives.mlm_metrics(logits, labels,
-                                  jnp.ones(labels.shape))["mlm_loss_sum"]
+                         rngs={"dropout": rng}, method="logits")
+    return losses.softmax_cross_entropy(logits, labels,
+                                        jnp.ones(labels.shape)).loss
   return _jit(jax.value_and_grad(loss))
 
 
@@ -191,8 +193,9 @@ def test_parameter_names_and_tied_vocab_projection():
 
 
 def test_init_is_bert_like_and_distinct_per_layer():
-  params = jax.tree.map(np.asarray, _jit(model_lib.BertForMaskedLM(BASE).init)(
-      KEY, *_batch())["params"])
+  params = jax.tree.map(np.asarray, _jit(functools.partial(
+      mlm_lib.BertForMaskedLM(BASE).init, method="logits"))(
+          KEY, *_batch())["params"])
   flat = _flat(params)
   for name, x in flat.items():
     leaf = name.rsplit("/", 1)[-1]
@@ -381,9 +384,9 @@ REMAT_POLICIES = {
 def _forward_equations(cfg, params):
   """All equations of the forward pass, nested ones (scan, remat) included;
   tracing only, no compile."""
-  model = model_lib.BertForMaskedLM(cfg)
-  jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, *_batch()))(
-      params)
+  model = mlm_lib.BertForMaskedLM(cfg)
+  jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, *_batch(),
+                                               method="logits"))(params)
 
   def walk(jaxpr):
     for eqn in jaxpr.eqns:
@@ -472,13 +475,13 @@ def test_dropout_masks_differ_between_scanned_layers(rng):
       jax.debug.callback(lambda d: masks.append(np.asarray(d)), out == 0)
     return out
 
-  model = model_lib.BertForMaskedLM(_cfg(dropout=0.5, attention_dropout=0.5,
-                                         dropout_rng=rng))
+  model = mlm_lib.BertForMaskedLM(_cfg(dropout=0.5, attention_dropout=0.5,
+                                       dropout_rng=rng))
 
   def fwd(params, batch, rng):
     with nn.intercept_methods(record):
       return model.apply({"params": params}, *batch, deterministic=False,
-                         rngs={"dropout": rng})
+                         rngs={"dropout": rng}, method="logits")
   jax.block_until_ready(_jit(fwd)(_base_params(), _batch(), KEY))
   by_shape = {}
   for m in masks:
@@ -527,8 +530,8 @@ def test_document_attention_option(across):
   docs[0] = [1, 1, 1, 1, 2, 2, 2, 2]
   docs[1, :5] = 1
   mask_positions = np.array([[1, 2, 3], [0, 2, 3]], np.int32)  # doc 1 only
-  apply = _jit(functools.partial(model_lib.BertForMaskedLM(cfg).apply,
-                                 deterministic=True))
+  apply = _jit(functools.partial(mlm_lib.BertForMaskedLM(cfg).apply,
+                                 deterministic=True, method="logits"))
   run = lambda t: np.asarray(apply({"params": params}, t, segments, positions,
                                    mask_positions, document_ids=docs))
   changed = tokens.copy()

@@ -1,199 +1,121 @@
-"""MLM metrics: exact sums against numpy, weight-0 slots ignored (values and
-gradients), and the loss of the real tiny model at initialisation."""
+"""The objective seam: registry, config blocks, and BERT's MLM through it."""
 import functools
-import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs_loader import load_config
-from mlm_jax import masking
-from mlm_jax import model as model_lib
+from mlm_jax import benchmark
+from mlm_jax import config as config_lib
 from mlm_jax import objectives
-from mlm_jax import tokenizer as tok
-
-B, P, V = 3, 5, 11
-
-
-def _inputs(seed=0, scale=3.0):
-  rng = np.random.default_rng(seed)
-  logits = (rng.normal(size=(B, P, V)) * scale).astype(np.float32)
-  labels = rng.integers(0, V, size=(B, P)).astype(np.int32)
-  weights = np.ones((B, P), np.float32)
-  weights[0, 3:] = 0.0
-  weights[2, 1] = 0.0
-  return logits, labels, weights
+from mlm_jax import step as step_lib
+from mlm_jax import train
 
 
-def _numpy_metrics(logits, labels, weights):
-  x = logits.astype(np.float64)
-  m = x.max(-1, keepdims=True)
-  log_p = x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-  nll = -np.take_along_axis(log_p, labels[..., None], -1)[..., 0]
-  correct = x.argmax(-1) == labels
-  return {"mlm_loss_sum": (nll * weights).sum(),
-          "mlm_correct_sum": (correct * weights).sum(),
-          "mlm_count": weights.sum()}
+def _small(arg="size=tiny,runlocal"):
+  cfg = load_config(arg)
+  cfg.vocab_size, cfg.data.seq_len, cfg.train.batch_size = 512, 32, 8
+  return cfg
 
 
-@functools.lru_cache(maxsize=None)
-def _metrics_fn():
-  return jax.jit(objectives.mlm_metrics)
+# Produced by the step before the objectives seam (commit 81a03d5, where
+# BERT's MLM was wired through step.MLMTask and the model's apply), on this
+# test's config and synthetic batches: the training loss of 6 steps, and
+# the evaluation loss after each. The seam must reproduce them.
+PRE_SEAM_LOSS = [6.258036136627197, 6.238929748535156, 6.3250250816345215,
+                 6.232776641845703, 6.3111677169799805, 6.276068210601807]
+PRE_SEAM_EVAL_LOSS = [6.263983726501465, 6.2569756507873535,
+                      6.276864051818848, 6.267607688903809,
+                      6.267411708831787, 6.27669620513916]
 
 
-def _metrics(logits, labels, weights):
-  return {k: float(v) for k, v in _metrics_fn()(logits, labels,
-                                                  weights).items()}
+def test_bert_mlm_through_the_seam_reproduces_the_pre_seam_step():
+  cfg = _small()
+  cfg.model.dropout = cfg.model.attention_dropout = 0.1
+  cfg.optim.warmup_steps = 2
+  task = train.build_task(cfg)
+  state = jax.jit(functools.partial(step_lib.init_state, task, 32))()
+  step = jax.jit(functools.partial(step_lib.train_step, task=task))
+  evaluate = jax.jit(functools.partial(step_lib.eval_step, task=task))
+  mean = lambda m: float(m["mlm_loss"][0] / m["mlm_loss"][1])
+  held_out = benchmark.synthetic_batch(cfg, seed=99)
+  losses, eval_losses = [], []
+  for i in range(6):
+    batch = benchmark.synthetic_batch(cfg, seed=i)
+    batch["example_id"] = batch["example_id"] + 8 * i
+    state, m = step(state, batch)
+    losses.append(mean(m))
+    eval_losses.append(mean(evaluate(state.params, held_out)))
+  # 6 significant digits: what the logs print, with room for the last bits
+  # of another CPU's float reduction order.
+  np.testing.assert_allclose(losses, PRE_SEAM_LOSS, rtol=1e-6)
+  np.testing.assert_allclose(eval_losses, PRE_SEAM_EVAL_LOSS, rtol=1e-6)
 
 
-def test_matches_numpy():
-  logits, labels, weights = _inputs()
-  # Make some predictions right so the accuracy sum is not trivially 0.
-  labels[1] = logits[1].argmax(-1)
-  got, want = _metrics(logits, labels, weights), _numpy_metrics(
-      logits, labels, weights)
-  assert set(got) == set(want)
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
-  assert want["mlm_correct_sum"] >= P  # row 1 is all correct
-  for v in _metrics_fn()(logits, labels, weights).values():
-    assert v.shape == () and v.dtype == jnp.float32
+def test_default_config_has_a_block_per_objective():
+  c = objectives.default_config()
+  assert c.name == "mlm"
+  assert set(c.keys()) == {"name", *objectives.REGISTRY}
+  for name, module in objectives.REGISTRY.items():
+    assert isinstance(module.USES_MASKING, bool), name
 
 
-def test_large_logits_are_stable():
-  # A naive log(sum(exp(x))) overflows float32 above ~88.
-  logits, labels, weights = _inputs(seed=1, scale=1e3)
-  got, want = _metrics(logits, labels, weights), _numpy_metrics(
-      logits, labels, weights)
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+def test_unknown_objective_is_one_line_naming_the_choices():
+  cfg = _small()
+  cfg.objective.name = "bart"
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.objective.name: unknown objective 'bart'; "
+                           r"use one of mlm"):
+    config_lib.validate(cfg, num_devices=1)
 
 
-def test_bfloat16_logits_are_summed_in_float32():
-  logits, labels, weights = _inputs(seed=2)
-  logits16 = jnp.asarray(logits, jnp.bfloat16)
-  got = _metrics(logits16, labels, weights)
-  want = _numpy_metrics(np.asarray(logits16, np.float32), labels, weights)
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+def test_a_setting_of_an_unselected_strategy_is_an_error():
+  cfg = _small()
+  cfg.masking.span.max_length = 5
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.masking.span.max_length: set to 5 but "
+                           r"config.masking.strategy is 'token'; set "
+                           r"--config.masking.strategy=span"):
+    config_lib.validate(cfg, num_devices=1)
+  cfg.masking.strategy = "span"
+  config_lib.validate(cfg, num_devices=1)
 
 
-def test_weight_zero_slots_are_ignored():
-  logits, labels, weights = _inputs(seed=3)
-  base = _metrics(logits, labels, weights)
-  unused = weights == 0
-  logits2, labels2 = logits.copy(), labels.copy()
-  logits2[unused] = np.random.default_rng(9).normal(
-      size=(unused.sum(), V)) * 50
-  labels2[unused] = (labels[unused] + 1) % V
-  assert _metrics(logits2, labels2, weights) == base
-  zero = _metrics(logits, labels, np.zeros_like(weights))
-  assert zero == {"mlm_loss_sum": 0.0, "mlm_correct_sum": 0.0,
-                  "mlm_count": 0.0}
+@pytest.mark.parametrize("field,value,match", [
+    ("strategy", "ngram", r"config.masking.strategy: unknown strategy "
+                          r"'ngram'; use one of token, whole_word, span"),
+    ("span.max_length", 40, r"config.masking.span.max_length: 40 does not "
+                            r"fit a sequence of 32"),
+    ("span.p", 1.0, r"config.masking.span.p: 1.0 is outside \(0, 1\)"),
+])
+def test_bad_masking_values_name_the_field(field, value, match):
+  cfg = _small()
+  cfg.masking.strategy = "span"
+  section, _, name = field.rpartition(".")
+  (cfg.masking[section] if section else cfg.masking)[name] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(cfg, num_devices=1)
 
 
-def test_gradient_is_zero_at_unused_slots():
-  logits, labels, weights = _inputs(seed=4)
-  grad = np.asarray(jax.jit(jax.grad(
-      lambda x: objectives.mlm_metrics(x, labels, weights)["mlm_loss_sum"]))(
-          logits))
-  assert np.all(grad[weights == 0] == 0.0)
-  # At used slots it is softmax - one_hot (times the weight, here 1).
-  x = logits.astype(np.float64)
-  softmax = np.exp(x - x.max(-1, keepdims=True))
-  softmax /= softmax.sum(-1, keepdims=True)
-  expected = (softmax - np.eye(V)[labels]) * weights[..., None]
-  np.testing.assert_allclose(grad, expected, atol=1e-6)
+def test_whole_words_need_a_tokenizer_with_word_boundaries():
+  cfg = _small()
+  cfg.masking.strategy = "whole_word"
+  starts = np.zeros(512, bool)
+  starts[:5] = True  # special pieces only: no ordinary piece starts a word
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.masking.strategy: whole words need "
+                           r"word-boundary markers.*tok.model"):
+    objectives.check_word_starts(cfg, starts, "tok.model")
+  starts[7] = True
+  objectives.check_word_starts(cfg, starts, "tok.model")
+  cfg.masking.strategy = "token"  # any tokenizer will do
+  objectives.check_word_starts(cfg, np.zeros(512, bool), "tok.model")
 
 
-def test_initial_loss_of_tiny_model_is_about_log_vocab():
-  """At init, the logits are ~N(0, s^2) with s = ||h|| * std(E) (h leaves a
-  LayerNorm with unit scale, so ||h|| = sqrt(H)), i.e. s = sqrt(128) * 0.02 *
-  0.88 (truncation) = 0.2. For iid N(0, s^2) logits the expected loss is
-  log(V) + s^2 / 2 = log(V) + 0.02, and the standard error of a mean over
-  the 33 predictions below is about s / sqrt(33) = 0.035. A tolerance of 0.15 nats covers both with room
-  to spare, while a wrong init scale, a missing LayerNorm or an untied,
-  unscaled projection puts the loss well above (s = 1 already adds 0.5).
-  """
-  config = load_config("size=tiny,runlocal")
-  cfg = model_lib.EncoderConfig.from_config(config)
-  model = model_lib.BertForMaskedLM(cfg)
-  batch, length, budget = 4, 64, 16
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(tok.NUM_SPECIAL_TOKENS, cfg.vocab_size,
-                        size=(batch, length)).astype(np.int32)
-  tokens[:, 0], tokens[:, -1] = tok.CLS_ID, tok.SEP_ID
-  tokens[1, 40:] = tok.PAD_ID
-  positions = np.broadcast_to(np.arange(length, dtype=np.int32),
-                              (batch, length))
-
-  # LLVM -O0: compiles much faster, same HLO semantics (see test_model.py).
-  @functools.partial(
-      jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-  def init_loss(tokens):
-    keys = masking.example_keys(0, masking.TRAIN_MASK_STREAM,
-                                jnp.arange(batch, dtype=jnp.uint32))
-    masked = masking.mask_tokens(keys, tokens, max_predictions=budget,
-                                 vocab_size=cfg.vocab_size)
-    segments = jnp.zeros_like(tokens)
-    params = model.init(jax.random.key(0), masked.inputs, segments,
-                        positions, masked.positions)["params"]
-    logits = model.apply({"params": params}, masked.inputs, segments,
-                         positions, masked.positions)
-    return objectives.mlm_metrics(logits, masked.labels, masked.weights)
-
-  metrics = {k: float(v) for k, v in init_loss(tokens).items()}
-  # round(0.15 * 62) = 9 candidates selected per full row, 6 of 38 in row 1.
-  assert metrics["mlm_count"] == 3 * 9 + 6
-  mean_loss = metrics["mlm_loss_sum"] / metrics["mlm_count"]
-  assert abs(mean_loss - math.log(cfg.vocab_size)) < 0.15, mean_loss
-
-
-def _fused_case(seed=0, n=12, h=8, v=37, bias_scale=0.1):
-  rng = np.random.default_rng(seed)
-  hid = jnp.asarray(rng.normal(size=(3, n // 3, h)), jnp.float32)
-  table = jnp.asarray(rng.normal(size=(v, h)) * 0.5, jnp.float32)
-  bias = jnp.asarray(rng.normal(size=(v,)) * bias_scale, jnp.float32)
-  labels = rng.integers(0, v, (3, n // 3))
-  # Every other slot's label is its argmax: accuracy is checked, not 0.
-  top = np.argmax(np.einsum("bph,vh->bpv", hid, table) + bias, axis=-1)
-  labels[:, ::2] = top[:, ::2]
-  labels = jnp.asarray(labels, jnp.int32)
-  weights = jnp.asarray((rng.random((3, n // 3)) > 0.3), jnp.float32)
-  return hid, table, bias, labels, weights
-
-
-# Bias spreads of ~0.4, ~25 (both under the head's shift bound, 30) and
-# ~100 (over it: the exact row max).
-@pytest.mark.parametrize("bias_scale", [0.1, 5.0, 25.0])
-def test_fused_head_equals_logits_then_loss_in_value_and_gradient(bias_scale):
-  hid, table, bias, labels, weights = _fused_case(bias_scale=bias_scale)
-  spread = float(jnp.max(bias) - jnp.min(bias))
-  assert (spread <= objectives._MAX_BIAS_SPREAD) == (bias_scale < 10), spread
-  def reference(hid, table, bias):
-    logits = jnp.einsum("bph,vh->bpv", hid, table) + bias
-    return objectives.mlm_metrics(logits, labels, weights)
-  def fused(hid, table, bias):
-    return objectives.mlm_head_metrics(hid, table, bias, labels, weights)
-  ref, got = jax.jit(reference)(hid, table, bias), jax.jit(fused)(
-      hid, table, bias)
-  for k in ref:
-    np.testing.assert_allclose(got[k], ref[k], rtol=1e-5)
-  assert float(ref["mlm_correct_sum"]) >= 2
-  loss = lambda f: lambda *a: f(*a)["mlm_loss_sum"] * 0.7
-  g_ref = jax.jit(jax.grad(loss(reference), argnums=(0, 1, 2)))(
-      hid, table, bias)
-  g_got = jax.jit(jax.grad(loss(fused), argnums=(0, 1, 2)))(hid, table, bias)
-  for a, b in zip(g_got, g_ref):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-
-
-def test_fused_head_ignores_weight_zero_slots():
-  hid, table, bias, labels, weights = _fused_case(1)
-  weights = weights.at[0].set(0.0)
-  grad = jax.jit(jax.grad(lambda h: objectives.mlm_head_metrics(
-      h, table, bias, labels, weights)["mlm_loss_sum"]))(hid)
-  assert np.all(np.asarray(grad[0]) == 0.0)
-  assert np.any(np.asarray(grad[1]) != 0.0)
+def test_flops_come_from_the_objective():
+  cfg = _small()
+  objective = objectives.build(cfg)
+  assert benchmark.step_matmuls(cfg) == objective.matmuls(8, 32)
+  names = [mm.name for mm in objective.matmuls(8, 32)]
+  assert names[-2:] == ["head transform", "vocabulary projection"]

@@ -54,7 +54,7 @@ def test_launcher_trains_evaluates_checkpoints_and_resumes_exactly(
   assert sorted(train_losses(work)) == [2, 4, 6, 8]
   evals = [r for r in records(work) if "eval_loss" in r]
   assert [r["step"] for r in evals] == [4, 8]
-  assert all(0 <= r["eval_accuracy"] <= 1 for r in evals)
+  assert all(0 <= r["eval_mlm_accuracy"] <= 1 for r in evals)
   assert all(r["tokens_per_s"] > 0 for r in records(work) if "loss" in r)
   ckpts = work / "checkpoints"
   assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == [

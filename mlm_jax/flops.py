@@ -1,0 +1,57 @@
+"""Useful FLOPs: the matmuls a training step must compute, by name.
+
+Each objective lists its step's matmuls (`Objective.matmuls`) from the
+pieces here: the encoder's layers at every position and its heads where they
+run. The benchmark turns them into MFU and times each alone for the MFU
+bound. Embedding lookups and elementwise work are not counted.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from mlm_jax import model as model_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Matmul:
+  """`count` forward matmuls [batch, m, k] @ [batch, k, n] of a step."""
+  name: str
+  batch: int
+  m: int
+  k: int
+  n: int
+  count: int
+
+  @property
+  def flops(self) -> float:
+    return 2.0 * self.count * self.batch * self.m * self.k * self.n
+
+
+def encoder_matmuls(cfg: model_lib.EncoderConfig, batch: int, seq_len: int,
+                    prefix: str = "") -> list[Matmul]:
+  """The layers' matmuls at every position of `batch` sequences.
+
+  Fused QKV, attention scores and weighted values per head, the attention
+  output projection and the feed-forward block, `cfg.num_layers` times.
+  """
+  b, l, layers, heads = batch, seq_len, cfg.num_layers, cfg.num_heads
+  h, f, t = cfg.hidden_size, cfg.intermediate_size, batch * seq_len
+  return [
+      Matmul(f"{prefix}qkv", 1, t, h, 3 * h, layers),
+      Matmul(f"{prefix}attention scores", b * heads, l, h // heads, l, layers),
+      Matmul(f"{prefix}attention values", b * heads, l, l, h // heads, layers),
+      Matmul(f"{prefix}attention output", 1, t, h, h, layers),
+      Matmul(f"{prefix}feed-forward in", 1, t, h, f, layers),
+      Matmul(f"{prefix}feed-forward out", 1, t, f, h, layers),
+  ]
+
+
+def mlm_head_matmuls(hidden: int, width: int, vocab_size: int,
+                     predictions: int, prefix: str = "") -> list[Matmul]:
+  """The MLM head at `predictions` gathered positions: the transform from
+  `hidden` to the embedding `width`, then the tied vocabulary projection."""
+  return [
+      Matmul(f"{prefix}head transform", 1, predictions, hidden, width, 1),
+      Matmul(f"{prefix}vocabulary projection", 1, predictions, width,
+             vocab_size, 1),
+  ]
