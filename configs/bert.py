@@ -123,6 +123,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # How MLM-style objectives choose what to predict (mlm_jax/masking.py).
   config.masking = masking.default_config()
   config.masking.strategy = variant.masking
+  if variant.objective == "electra":
+    # ELECTRA's masking: 85% [MASK], 15% unchanged, no random tokens.
+    config.masking.mask_prob, config.masking.random_prob = 0.85, 0.0
+  if variant.objective in ("nsp", "sop"):
+    config.data.packing = "pairs"
 
   config.optim = ml_collections.ConfigDict()
   # Peak learning rate, reached at the end of warm-up.

@@ -263,13 +263,22 @@ def kernel_bound(config: ml_collections.ConfigDict, *, rounds: int = 3,
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0):
-  """A full-length host batch of random ordinary tokens."""
+  """A full-length host batch of random ordinary tokens.
+
+  With `data.packing=pairs`, sentence pairs [CLS] A [SEP] B [SEP] with A
+  ending at a random point of the middle half, and segment ids 0 then 1.
+  """
   b, l = config.train.batch_size, config.data.seq_len
   rng = np.random.default_rng(seed)
   tokens = rng.integers(tok.NUM_SPECIAL_TOKENS, config.vocab_size,
                         (b, l)).astype(np.int32)
   tokens[:, 0], tokens[:, -1] = tok.CLS_ID, tok.SEP_ID
-  return {"tokens": tokens, "segment_ids": np.zeros_like(tokens),
+  segments = np.zeros_like(tokens)
+  if config.data.packing == "pairs":
+    cut = rng.integers(l // 4, 3 * l // 4, b)
+    tokens[np.arange(b), cut] = tok.SEP_ID
+    segments = (np.arange(l)[None, :] > cut[:, None]).astype(np.int32)
+  return {"tokens": tokens, "segment_ids": segments,
           "positions": np.tile(np.arange(l, dtype=np.int32), (b, 1)),
           "example_id": np.arange(b, dtype=np.uint32)}
 

@@ -256,51 +256,81 @@ def span_lengths(u: jax.Array, p: float, max_length: int) -> jax.Array:
   return jnp.clip(length, 1, max_length).astype(jnp.int32)
 
 
-def _span_one(key, tokens, word_starts, *, max_predictions, rate, mask_prob,
-              random_prob, vocab_size, mask_id, num_special, p, max_length):
+class SpanDraws(NamedTuple):
+  """What span selection did in one sequence, draw by draw ([D] arrays).
+
+  selected: [L] bool; span: [L] int32 draw of each selected token.
+  start, length: where each draw's span starts and its drawn length (in
+    units); added: the tokens it masked (0: dropped, or budget spent).
+  """
+  selected: jax.Array
+  span: jax.Array
+  start: jax.Array
+  length: jax.Array
+  added: jax.Array
+
+
+def span_selection(u_anchor, u_length, tokens, word_starts, *,
+                   num_to_mask, p, max_length,
+                   num_special=tok.NUM_SPECIAL_TOKENS) -> SpanDraws:
+  """SpanBERT's selection in one sequence, from [D] uniforms per draw.
+
+  Each draw anchors at a uniformly random ordinary token (a draw whose
+  anchor is already masked is dropped, as SpanBERT redraws), starts at its
+  unit (the anchor's word with `word_starts`, else the token), covers a
+  geometric number of units cut at the end of the run of ordinary tokens
+  (so never across [SEP] or padding), and masks its unmasked tokens until
+  `num_to_mask` is reached (the last span is cut there).
+  """
   length = tokens.shape[0]
-  draws = 2 * max_predictions  # ample: each valid draw adds >= 1 token
-  bits = jax.random.bits(key, (3 * draws + max_predictions,), jnp.uint32)
-  uniform = _uniform(bits)
-  u_anchor, u_length, u_action = (uniform[i * draws:(i + 1) * draws]
-                                  for i in range(3))
-  random_ids = _random_ids(bits[3 * draws:], vocab_size, num_special)
   candidate = tokens >= num_special
   num_candidates = jnp.sum(candidate)
-  num_to_mask = _budget(num_candidates, rate, max_predictions)
   starts_here = (jnp.ones(length, bool) if word_starts is None
                  else word_starts[tokens])
   unit, unit_start = _units(candidate, starts_here)
   index = jnp.arange(length, dtype=jnp.int32)
   # The first non-candidate at or after each position: where its run ends.
   run_end = jax.lax.cummin(jnp.where(candidate, length, index), reverse=True)
-  # Anchors: uniform over the candidates; a span starts at its anchor's
-  # unit and covers `span_lengths` units, cut at the end of the run.
   rank = jnp.minimum((u_anchor * num_candidates).astype(jnp.int32),
                      jnp.maximum(num_candidates - 1, 0))
   anchor = jnp.searchsorted(jnp.cumsum(candidate), rank + 1).astype(jnp.int32)
   anchor = jnp.minimum(anchor, length - 1)
   anchor_unit = unit[anchor]
+  units = span_lengths(u_length, p, max_length)
   start = unit_start[jnp.minimum(anchor_unit, length)]
-  stop = jnp.minimum(unit_start[jnp.minimum(
-      anchor_unit + span_lengths(u_length, p, max_length), length)],
+  stop = jnp.minimum(unit_start[jnp.minimum(anchor_unit + units, length)],
                      run_end[anchor])
 
   def add(carry, k):
     selected, span, count = carry
-    # A draw whose anchor is already masked is dropped (SpanBERT redraws).
     new = ((index >= start[k]) & (index < stop[k]) & ~selected
            & ~selected[anchor[k]] & (num_candidates > 0))
     take = new & (count + jnp.cumsum(new) <= num_to_mask)
-    return (selected | take, jnp.where(take, k, span),
-            count + jnp.sum(take)), None
+    added = jnp.sum(take)
+    return (selected | take, jnp.where(take, k, span), count + added), added
 
-  (selected, span, _), _ = jax.lax.scan(
+  (selected, span, _), added = jax.lax.scan(
       add, (jnp.zeros(length, bool), jnp.zeros(length, jnp.int32),
-            jnp.int32(0)), jnp.arange(draws))
-  positions, used = _selected_slots(tokens, selected, max_predictions)
+            jnp.int32(0)), jnp.arange(u_anchor.shape[0]))
+  return SpanDraws(selected, span, start, units, added)
+
+
+def _span_one(key, tokens, word_starts, *, max_predictions, rate, mask_prob,
+              random_prob, vocab_size, mask_id, num_special, p, max_length):
+  draws = 2 * max_predictions  # ample: each kept draw adds >= 1 token
+  bits = jax.random.bits(key, (3 * draws + max_predictions,), jnp.uint32)
+  uniform = _uniform(bits)
+  u_anchor, u_length, u_action = (uniform[i * draws:(i + 1) * draws]
+                                  for i in range(3))
+  random_ids = _random_ids(bits[3 * draws:], vocab_size, num_special)
+  num_to_mask = _budget(jnp.sum(tokens >= num_special), rate,
+                        max_predictions)
+  out = span_selection(u_anchor, u_length, tokens, word_starts,
+                       num_to_mask=num_to_mask, p=p, max_length=max_length,
+                       num_special=num_special)
+  positions, used = _selected_slots(tokens, out.selected, max_predictions)
   # 80/10/10 once per span: every slot of a span shares its draw.
-  u = u_action[span[positions]]
+  u = u_action[out.span[positions]]
   return _replace(tokens, positions, used, u, random_ids, mask_prob,
                   random_prob, mask_id)
 

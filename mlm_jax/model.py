@@ -140,6 +140,16 @@ def attention_bias(tokens: jax.Array, document_ids: jax.Array | None = None,
   return jnp.where(keep, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
+def encoder_bias(cfg: EncoderConfig, tokens: jax.Array,
+                 document_ids: jax.Array | None = None,
+                 prefix_lengths: jax.Array | None = None) -> jax.Array:
+  """`attention_bias` as `cfg` asks: other documents hidden only when
+  `cfg.attend_across_documents` is False."""
+  if cfg.attend_across_documents:
+    document_ids = None
+  return attention_bias(tokens, document_ids, prefix_lengths)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with a fused QKV projection."""
   cfg: EncoderConfig
@@ -275,12 +285,9 @@ class Encoder(nn.Module):
       prefix_lengths: [B] int32 for a prefix (0: causal) language model's
         attention; None for bidirectional (see `attention_bias`).
     """
-    cfg = self.cfg
-    if cfg.attend_across_documents:
-      document_ids = None
     x = self.embed(tokens, segment_ids, positions, deterministic=deterministic)
-    x = self.stack(x, attention_bias(tokens, document_ids, prefix_lengths),
-                   deterministic)
+    x = self.stack(x, encoder_bias(self.cfg, tokens, document_ids,
+                                   prefix_lengths), deterministic)
     if self.final_norm is not None:
       x = self.final_norm(x)
     return x

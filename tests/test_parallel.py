@@ -189,3 +189,63 @@ def test_step_takes_any_optax_transform():
   norm = optim.global_norm(moved) / 0.5
   np.testing.assert_allclose(metrics["grad_norm"][0], norm, rtol=1e-4)
   assert float(metrics["grad_norm"][0]) > 0
+
+
+# Every objective (and masking strategy) through the three layouts (BERT's
+# token masking: above). Pair objectives gather the global batch under pmap
+# to choose partners.
+OBJECTIVES = {
+    "whole_word": {"masking.strategy": "whole_word"},
+    "span": {"masking.strategy": "span"},
+    "nsp": {"objective.name": "nsp", "data.packing": "pairs"},
+    "sop": {"objective.name": "sop", "data.packing": "pairs"},
+    "electra": {"objective.name": "electra"},
+    "prefix_lm": {"objective.name": "prefix_lm"},
+    "causal_lm": {"objective.name": "causal_lm"},
+}
+
+
+def objective_task(overrides, **model):
+  """A task from configs/bert.py with a toy encoder and `overrides`."""
+  from configs_loader import load_config
+  from mlm_jax import benchmark
+  from mlm_jax import train
+  cfg = load_config("size=tiny,runlocal")
+  cfg.vocab_size, cfg.data.seq_len, cfg.train.batch_size = VOCAB, SEQ, BATCH
+  cfg.model.update(dict(num_layers=1, hidden_size=32, num_heads=2,
+                        intermediate_size=64, **model))
+  for field, value in overrides.items():
+    section, name = field.rsplit(".", 1)
+    cfg[section.split(".")[0]][name] = value
+  cfg.optim.warmup_steps = 1
+  return cfg, train.build_task(cfg, benchmark.synthetic_word_starts(VOCAB))
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_each_objective_is_the_same_on_1_device_pmap_and_jit(name):
+  from mlm_jax import benchmark
+  cfg, task = objective_task(OBJECTIVES[name])
+  batches = []
+  for i in range(3):
+    b = benchmark.synthetic_batch(cfg, seed=i)
+    b["example_id"] = b["example_id"] + BATCH * i
+    batches.append(b)
+  terms = list(task.objective.loss_weights)
+
+  def curve(init, step, put, fetch):
+    state, out = init(), []
+    for b in batches:
+      state, m = step(state, put(b))
+      m = fetch(m)
+      out.append([float(m[t][0] / m[t][1]) for t in terms])
+    return np.array(out)
+
+  one = curve(jax.jit(functools.partial(step_lib.init_state, task, SEQ)),
+              jax.jit(functools.partial(step_lib.train_step, task=task)),
+              lambda b: b, lambda m: m)
+  assert np.all(np.isfinite(one))
+  for par in (parallel.PmapParallel(task, SEQ),
+              parallel.MeshParallel(task, SEQ)):
+    np.testing.assert_allclose(
+        curve(par.init_state, par.train_step, par.put_batch, par.fetch), one,
+        rtol=2e-5, err_msg=type(par).__name__)

@@ -15,13 +15,23 @@ import numpy as np
 from mlm_jax import masking
 from mlm_jax.errors import ConfigError, check
 from mlm_jax.objectives import base
+from mlm_jax.objectives import causal_lm
+from mlm_jax.objectives import electra
 from mlm_jax.objectives import mlm
+from mlm_jax.objectives import nsp
+from mlm_jax.objectives import prefix_lm
+from mlm_jax.objectives import sop
 
 Objective = base.Objective
 
 # name -> module. The order is the one `--help` and errors list them in.
 REGISTRY: dict[str, types.ModuleType] = {
     "mlm": mlm,
+    "nsp": nsp,
+    "sop": sop,
+    "electra": electra,
+    "prefix_lm": prefix_lm,
+    "causal_lm": causal_lm,
 }
 
 

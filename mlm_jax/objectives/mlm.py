@@ -48,21 +48,22 @@ class BertForMaskedLM(nn.Module):
 
   Parameters: `bert/...` (the encoder), `transform`, `transform_LayerNorm`
   and `output_bias` (the head; the projection is tied to the word
-  embeddings).
+  embeddings). The language-model objectives train the same model with a
+  prefix or causal attention mask (`prefix_lengths` in the batch).
   """
   cfg: model_lib.EncoderConfig
+  metric: str = "mlm"  # names its metrics: <metric>_loss, <metric>_accuracy
 
   def setup(self):
     self.bert = model_lib.Encoder(self.cfg)
     self.mlm_head = heads.MLMHead(self.cfg)
     nn.share_scope(self, self.mlm_head)
 
-  def encode(self, batch: base.Batch, deterministic: bool,
-             prefix_lengths=None) -> jax.Array:
+  def encode(self, batch: base.Batch, deterministic: bool) -> jax.Array:
     return self.bert(batch["tokens"], batch["segment_ids"],
                      batch["positions"], deterministic=deterministic,
                      document_ids=batch.get("document_ids"),
-                     prefix_lengths=prefix_lengths)
+                     prefix_lengths=batch.get("prefix_lengths"))
 
   def mlm_sums(self, batch: base.Batch, hidden: jax.Array) -> losses.Sums:
     """The head's loss sums at `mask_positions` (labels, weights)."""
@@ -74,14 +75,16 @@ class BertForMaskedLM(nn.Module):
   def __call__(self, batch: base.Batch, *,
                deterministic: bool = True) -> base.Metrics:
     sums = self.mlm_sums(batch, self.encode(batch, deterministic))
-    return {"mlm_loss": losses.pair(sums.loss, sums.count),
-            "mlm_accuracy": losses.pair(sums.correct, sums.count)}
+    return {f"{self.metric}_loss": losses.pair(sums.loss, sums.count),
+            f"{self.metric}_accuracy": losses.pair(sums.correct, sums.count)}
 
   def logits(self, tokens, segment_ids, positions, mask_positions, *,
-             deterministic: bool = True, document_ids=None) -> jax.Array:
+             deterministic: bool = True, document_ids=None,
+             prefix_lengths=None) -> jax.Array:
     """[B, P] positions' [B, P, V] float32 logits (fill-mask, tests)."""
     hidden = self.bert(tokens, segment_ids, positions,
-                       deterministic=deterministic, document_ids=document_ids)
+                       deterministic=deterministic, document_ids=document_ids,
+                       prefix_lengths=prefix_lengths)
     return self.mlm_head.logits(hidden, mask_positions,
                                 self.bert.embedding_table(hidden.dtype))
 

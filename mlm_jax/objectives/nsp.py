@@ -1,0 +1,103 @@
+"""Next-sentence prediction (BERT): does B follow A, or come from elsewhere?
+
+Half the pairs (`negative_rate`) get the B segment of another example of
+the global batch (label 1), truncated to fit. The partner is chosen from
+the example ids, not from row or device positions: examples are ranked by
+id over the whole global batch and each is paired with the one a random
+number of ranks after it, so 1 device, pmap and jit over a mesh, on any
+number of hosts, make the same negatives. Under pmap the batch is gathered
+from all devices for this (B x L token ids: small).
+
+Logged: `loss` (MLM + NSP), `mlm_loss`, `mlm_accuracy`, `nsp_loss` and
+`nsp_accuracy` (pairs classified right; chance is 0.5).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mlm_jax import masking as masking_lib
+from mlm_jax import model as model_lib
+from mlm_jax import tokenizer as tok
+from mlm_jax.errors import check as _check
+from mlm_jax.objectives import sentence_pairs
+
+USES_MASKING = True
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Share of pairs whose B comes from another example (label 1).
+  c.negative_rate = 0.5
+  return c
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  sentence_pairs.check_pairs(config)
+  rate = config.objective.nsp.negative_rate
+  _check(0.0 < rate < 1.0, "objective.nsp.negative_rate",
+         f"{rate} is outside (0, 1)", "use e.g. 0.5 (BERT)")
+
+
+def build(config: ml_collections.ConfigDict, word_starts=None):
+  return NextSentence(model_lib.EncoderConfig.from_config(config),
+                      masking_lib.Masking.from_config(config, word_starts),
+                      config.objective.nsp.negative_rate)
+
+
+def _global(x: jax.Array, axis_name: str | None) -> jax.Array:
+  return x if axis_name is None else jax.lax.all_gather(x, axis_name,
+                                                        tiled=True)
+
+
+def partners(example_ids: jax.Array, u: jax.Array) -> jax.Array:
+  """For each of G examples, the row of another, from ids and uniforms.
+
+  Examples are ranked by id; example i is paired with the example
+  1 + floor(u_i * (G - 1)) ranks after it (cyclically): never itself,
+  uniform over the others, and independent of the row order.
+  """
+  size = example_ids.shape[0]
+  by_rank = jnp.argsort(example_ids)
+  rank = jnp.argsort(by_rank)
+  shift = 1 + jnp.minimum((u * (size - 1)).astype(jnp.int32), size - 2)
+  return by_rank[(rank + shift) % size]
+
+
+@dataclasses.dataclass(frozen=True)
+class NextSentence(sentence_pairs.SentencePairObjective):
+  name = "nsp"
+
+  def make_pairs(self, batch, key, axis_name):
+    tokens, ids = batch["tokens"], batch["example_id"]
+    rows, width = tokens.shape
+    every_token, every_id = _global(tokens, axis_name), _global(ids, axis_name)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (2,)))(
+        sentence_pairs.pair_keys(key, every_id))
+    # Computed over the global batch on every device; each keeps its rows.
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * rows
+    take = lambda x: jax.lax.dynamic_slice_in_dim(x, offset, rows)
+    every_b, every_len, every_pair = sentence_pairs.segment_bounds(every_token)
+    partner = take(partners(every_id, u[:, 1]))
+    b_start, length, is_pair = (take(x) for x in (every_b, every_len,
+                                                   every_pair))
+    negative = (is_pair & every_pair[partner] & (take(u[:, 0])
+                                                 < self.negative_rate)
+                & (every_id.shape[0] > 1))
+    # A's part, then the partner's B (its [SEP] included), cut to fit with
+    # a [SEP] kept at the end.
+    p = jnp.arange(width, dtype=jnp.int32)[None, :]
+    their_b, their_len = every_b[partner][:, None], every_len[partner][:, None]
+    new_len = jnp.minimum(b_start[:, None] + their_len - their_b, width)
+    source = jnp.clip(their_b + p - b_start[:, None], 0, width - 1)
+    theirs = jnp.take_along_axis(every_token[partner], source, axis=1)
+    built = jnp.where(p < b_start[:, None], tokens,
+                      jnp.where(p < new_len, theirs, tok.PAD_ID))
+    built = jnp.where(p == new_len - 1, tok.SEP_ID, built)
+    new = jnp.where(negative[:, None], built, tokens)
+    new_len = jnp.where(negative, new_len[:, 0], length)
+    fields = sentence_pairs.pair_fields(new, b_start, new_len, batch)
+    return fields, negative.astype(jnp.int32), is_pair.astype(jnp.float32)
