@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
+from mlm_jax import bench_objectives
 from mlm_jax import benchmark
 from mlm_jax import config as config_lib
 from mlm_jax import hostenv
@@ -42,6 +43,7 @@ def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
           "dropout_rng": config.model.dropout_rng,
           "fused_adamw": config.optim.get("fused", True),
           "accum_steps": config.train.accum_steps,
+          "objective": bench_objectives.label(config),
           "devices": jax.device_count(), "backend": jax.default_backend()}
 
 
@@ -71,6 +73,15 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
         f"config.benchmark.peers={b.peers!r} needs {', '.join(missing)}, "
         f"which is not installed; {peers.INSTALL_HINT}.")
   fields = config_fields(config)
+  if b.objectives:
+    if kinds:
+      raise config_lib.ConfigError(
+          "config.benchmark.objectives and config.benchmark.peers: time "
+          "objectives or peers in one run, not both; run twice.")
+    return [{**fields, "kind": "objective",
+             "allocator": hostenv.loaded_allocator(), **record}
+            for record in bench_objectives.time_objectives(
+                config, steps=b.steps, rounds=b.repeats)]
   if not kinds:
     timing = benchmark.time_train_step(config, steps=b.steps,
                                        repeats=b.repeats)
@@ -86,6 +97,9 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
 def variant(record: dict[str, Any]) -> str:
   """The non-default step options of a record, e.g. 'remat=full accum=4'."""
   parts = []
+  # Records from before the objectives seam have no field: BERT's MLM.
+  if record.get("objective", "mlm") != "mlm":
+    parts.append(record["objective"])
   if record.get("remat", "none") != "none":
     parts.append(f"remat={record['remat']}")
   if record.get("accum_steps", 1) != 1:
@@ -114,17 +128,19 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   (`benchmark.matmul_seconds`, `benchmark.optimizer_seconds`); blank where
   not measured (peers).
 
-  'Plain' is the first 'ours' record of the same size, batch and length
-  with no variant, so a peer's line reads as our speed-up over it and a
-  variant's line as what the variant costs.
+  'Plain' is the first 'ours' record of the same size, batch, length and
+  objective with no other variant, so a peer's line reads as our speed-up
+  over it and a variant's line as what the variant costs.
   """
   lines = ["| size | batch x len | step | variant | allocator | "
            "step ms (median) | tokens/s | lower s | compile s | MFU | "
            "MFU bound | peak host GB | ours / this |", "|" + " --- |" * 13]
-  shape = lambda r: (r["size"], r["batch_size"], r["seq_len"])
+  shape = lambda r: (r["size"], r["batch_size"], r["seq_len"],
+                     r.get("objective", "mlm"))
+  records = [r for r in records if r["kind"] != "objective"]
   plain = {}
   for r in records:
-    if r["kind"] == "ours" and not variant(r):
+    if r["kind"] == "ours" and variant(r) in ("", r.get("objective")):
       plain.setdefault(shape(r), r)
   for r in records:
     base = plain.get(shape(r))
@@ -138,6 +154,31 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         f"{r['mfu']:.2f} | {bound} | {r['peak_host_memory_gb']:.2f} | "
         f"{ratio} |")
   return "\n".join(lines)
+
+
+def format_objectives_table(records: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table of the interleaved objective timings ('objective'
+  records); 'x first' is the step time over the first step of its run
+  (the config's own, BERT's MLM), median over the run's rounds."""
+  lines = ["| size | batch x len | objective | step ms (median) | tokens/s | "
+           "x first | MFU | lower s | compile s |", "|" + " --- |" * 9]
+  for r in records:
+    if r["kind"] != "objective":
+      continue
+    lines.append(
+        f"| {r['size']} | {r['batch_size']} x {r['seq_len']} | "
+        f"{r['objective']} | {r['step_median'] * 1e3:.1f} | "
+        f"{r['tokens_per_s']:,.0f} | {r['cost']:.3f} | {r['mfu']:.2f} | "
+        f"{r['lower_seconds']:.2f} | {r['compile_seconds']:.2f} |")
+  return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def format_tables(records: Sequence[dict[str, Any]]) -> str:
+  """Every table the records fill: steps and peers, then objectives."""
+  tables = [format_table(records) if any(
+      r["kind"] != "objective" for r in records) else "",
+            format_objectives_table(records)]
+  return "\n\n".join(t for t in tables if t)
 
 
 def append_records(workdir: str | pathlib.Path,
@@ -159,6 +200,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   everything = append_records(workdir, records)
   table = pathlib.Path(workdir) / TABLE
   tmp = table.with_suffix(".md.tmp")
-  tmp.write_text(format_table(everything) + "\n", encoding="utf-8")
+  tmp.write_text(format_tables(everything) + "\n", encoding="utf-8")
   tmp.replace(table)
-  return format_table(records)
+  return format_tables(records)

@@ -162,18 +162,27 @@ def build_hf_flax(config: ml_collections.ConfigDict
 def time_hf_flax(config: ml_collections.ConfigDict, *, steps: int = 10,
                  repeats: int = 5, peak_flops: float | None = None
                  ) -> benchmark.StepTiming:
-  """Times HF Flax BERT's MLM step, host masking included; medians.
+  """Times the HF Flax peer of the config's objective, host work included.
 
-  Each timed step masks the fixed synthetic batch on the host and
-  dispatches the device step (which overlaps the next step's masking, as in
-  their loop); each repeat of `steps` steps blocks on its last result.
-  Its peak host memory is this process's: see `peers.run_in_subprocess`.
+  BERT's MLM: FlaxBertForMaskedLM as run_mlm_flax.py trains it; other
+  objectives: `peer_flax_objectives`. Each timed step prepares its batch on
+  the host (masking, pairs) and dispatches the device step (which overlaps
+  the next step's host work, as in their loop); each repeat of `steps`
+  steps blocks on its last result. Its peak host memory is this process's:
+  see `peers.run_in_subprocess`.
   """
-  state, train_step, dropout_rng = build_hf_flax(config)
-  tokens = benchmark.synthetic_batch(config)["tokens"]
-  special = peers.special_tokens_mask(tokens)
-  rng = np.random.RandomState(config.seed)
-  batch = flax_batch(tokens, special, config, rng)
+  from mlm_jax import peer_flax_objectives  # pylint: disable=import-outside-toplevel
+  host = benchmark.synthetic_batch(config)
+  peer = peer_flax_objectives.build(config, host)
+  if peer is None:
+    state, train_step, dropout_rng = build_hf_flax(config)
+    tokens = host["tokens"]
+    special = peers.special_tokens_mask(tokens)
+    rng = np.random.RandomState(config.seed)
+    make_batch = lambda: flax_batch(tokens, special, config, rng)
+  else:
+    state, train_step, dropout_rng, make_batch = peer
+  batch = make_batch()
   jax.block_until_ready((state, batch))  # as ours: no init in the lowering
   start = time.perf_counter()
   lowered = train_step.lower(state, batch, dropout_rng)
@@ -187,8 +196,7 @@ def time_hf_flax(config: ml_collections.ConfigDict, *, steps: int = 10,
   def run(steps):
     nonlocal state, metrics, dropout_rng
     for _ in range(steps):
-      batch = flax_batch(tokens, special, config, rng)
-      state, metrics, dropout_rng = compiled(state, batch, dropout_rng)
+      state, metrics, dropout_rng = compiled(state, make_batch(), dropout_rng)
     jax.block_until_ready(metrics)
 
   times, peaks = benchmark.time_repeats(run, steps=steps, repeats=repeats,

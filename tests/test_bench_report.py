@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def small_config(**benchmark):
   cfg = load_config("size=tiny,runlocal")
   cfg.train.batch_size, cfg.data.seq_len, cfg.vocab_size = 4, 32, 512
-  cfg.benchmark.update(steps=2, repeats=2, **benchmark)
+  cfg.benchmark.update({"steps": 2, "repeats": 2, **benchmark})
   return cfg
 
 
@@ -111,3 +111,36 @@ def test_unknown_peer_allocator_is_a_config_error():
                      match=r"config\.benchmark\.peer_allocator: unknown "
                            r"allocator 'mimalloc'"):
     bench_report.measure(small_config(peers="flax", peer_allocator="mimalloc"))
+
+
+def test_objectives_are_timed_interleaved_against_the_configs_own(tmp_path):
+  cfg = small_config(objectives="span,nsp,electra", repeats=3, steps=1)
+  table = bench_report.run(cfg, str(tmp_path))
+  records = [json.loads(line) for line in
+             (tmp_path / bench_report.RECORDS).read_text().splitlines()]
+  assert [r["objective"] for r in records] == ["mlm", "span", "nsp",
+                                               "electra"]
+  assert all(r["kind"] == "objective" and len(r["step_times"]) == 3
+             for r in records)
+  assert records[0]["cost"] == 1.0  # the baseline against itself
+  # ELECTRA runs a generator besides BERT's encoder: more useful FLOPs.
+  assert records[3]["flops_per_step"] > records[0]["flops_per_step"]
+  assert [r[2] for r in rows(table)] == ["mlm", "span", "nsp", "electra"]
+
+
+def test_objective_variants_set_what_each_needs():
+  from mlm_jax import bench_objectives
+  cfg = small_config()
+  cfg.masking.mask_prob = 0.85
+  nsp = bench_objectives.variant(cfg, "nsp")
+  assert nsp.objective.name == "nsp" and nsp.data.packing == "pairs"
+  assert nsp.masking.mask_prob == 0.85
+  span = bench_objectives.variant(cfg, "span")
+  assert (span.objective.name, span.masking.strategy) == ("mlm", "span")
+  lm = bench_objectives.variant(cfg, "causal_lm")
+  assert lm.masking.mask_prob == 0.8  # the LMs mask nothing: defaults
+  for name in ("nsp", "span", "causal_lm", "electra"):
+    config_lib.validate(bench_objectives.variant(cfg, name), num_devices=4)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.benchmark.objectives: unknown \['bart'\]"):
+    bench_report.measure(small_config(objectives="nsp,bart"))

@@ -28,6 +28,7 @@ from mlm_jax import tokenizer as tok  # noqa: E402
 
 def tiny(**optim):
   cfg = load_config("size=tiny,runlocal")
+  cfg.model.pre_layer_norm = False  # Hugging Face's BERT is post-LN
   cfg.vocab_size, cfg.train.batch_size, cfg.data.seq_len = 512, 4, 32
   m = cfg.model
   m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size = 2, 64, 2, 256
@@ -241,3 +242,42 @@ def test_allocator_env_strips_or_sets_the_preload(monkeypatch):
     peers.allocator_env("jemalloc", environ)
   with pytest.raises(ValueError, match="use one of jemalloc, tcmalloc"):
     peers.allocator_env("mimalloc", environ)
+
+
+def test_host_pairs_make_bert_and_albert_negatives():
+  from mlm_jax import peer_flax_objectives as objective_peers
+  cfg = tiny()
+  cfg.data.packing = "pairs"
+  cfg.train.batch_size = 64
+  batch = benchmark.synthetic_batch(cfg)
+  for kind in ("nsp", "sop"):
+    tokens, segments, labels = objective_peers.host_pairs(
+        batch["tokens"], batch["segment_ids"], kind, 0.5,
+        np.random.RandomState(0))
+    assert 0 < labels.sum() < 64
+    for r in range(64):
+      real = tokens[r] != tok.PAD_ID
+      a = tokens[r][real & (segments[r] == 0)][1:-1]
+      b = tokens[r][real & (segments[r] == 1)][:-1]
+      orig = batch["tokens"][r]
+      cut = int(np.argmax(orig == tok.SEP_ID))
+      oa, ob = orig[1:cut], orig[cut + 1:-1]
+      if not labels[r]:
+        assert (list(a), list(b)) == (list(oa), list(ob))
+      elif kind == "sop":
+        assert (list(a), list(b)) == (list(ob), list(oa))
+      else:
+        assert list(a) == list(oa) and list(b) != list(ob)
+
+
+@pytest.mark.parametrize("objective", ["nsp", "electra", "causal_lm"])
+def test_objective_peers_train_and_time(objective):
+  needs()
+  cfg = load_config(f"size=tiny,runlocal,objective={objective}")
+  cfg.model.pre_layer_norm = False  # Hugging Face's BERT is post-LN
+  cfg.vocab_size, cfg.train.batch_size, cfg.data.seq_len = 512, 4, 32
+  m = cfg.model
+  m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size = 2, 64, 2, 256
+  t = peer_flax.time_hf_flax(cfg, steps=2, repeats=3, peak_flops=1e11)
+  check_timing(t, cfg, compiled=True)
+  assert all(math.isfinite(x) for x in t.step_times)

@@ -134,6 +134,8 @@ def test_nsp_corruption_is_the_same_for_any_row_order():
 @pytest.mark.parametrize("name", ["nsp", "sop"])
 def test_pair_objectives_need_pairs_packing(name):
   cfg = load_config(f"size=tiny,runlocal,objective={name}")
+  assert cfg.data.packing == "pairs"  # the variant sets it
+  cfg.data.packing = "stream"
   with pytest.raises(config_lib.ConfigError,
                      match=r"config.data.packing: objective '%s' predicts a "
                            r"relation between two segments, and packing "

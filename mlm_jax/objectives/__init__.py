@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from mlm_jax import masking
+from mlm_jax import tokenizer as tok
 from mlm_jax.errors import ConfigError, check
 from mlm_jax.objectives import base
 from mlm_jax.objectives import causal_lm
@@ -135,7 +136,7 @@ def check_word_starts(config: ml_collections.ConfigDict,
   if not (REGISTRY[config.objective.name].USES_MASKING
           and masking.needs_word_starts(config.masking)):
     return
-  ordinary = np.asarray(word_starts)[masking.tok.NUM_SPECIAL_TOKENS:]
+  ordinary = np.asarray(word_starts)[tok.NUM_SPECIAL_TOKENS:]
   field = ("masking.strategy" if config.masking.strategy == "whole_word"
            else "masking.span.whole_words")
   check(ordinary.any(), field,

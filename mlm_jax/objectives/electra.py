@@ -60,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Weight of the discriminator's loss (per token) against the generator's
   # (per masked token).
   c.discriminator_weight = 50.0
+  # Temperature of the generator's samples (ELECTRA: 1); above 1 they are
+  # flatter, so replacements are easier to spot.
+  c.temperature = 1.0
   return c
 
 
@@ -76,6 +79,8 @@ def check(config: ml_collections.ConfigDict) -> None:
          f"{m.num_layers}]", "use 0 (as many as the discriminator) or fewer")
   _check(e.discriminator_weight > 0, "objective.electra.discriminator_weight",
          f"{e.discriminator_weight} is not positive", "use e.g. 50 (ELECTRA)")
+  _check(e.temperature > 0, "objective.electra.temperature",
+         f"{e.temperature} is not positive", "use 1 (ELECTRA)")
 
 
 def generator_config(disc: model_lib.EncoderConfig, size: float,
@@ -96,16 +101,23 @@ def build(config: ml_collections.ConfigDict, word_starts=None) -> Electra:
   return Electra(disc, generator_config(disc, e.generator_size,
                                         e.generator_layers),
                  masking_lib.Masking.from_config(config, word_starts),
-                 e.discriminator_weight)
+                 e.discriminator_weight, e.temperature)
 
 
-def exp_noise(keys: jax.Array, shape: tuple[int, int]) -> jax.Array:
-  """[B, *shape] Exp(1) noise, one key per example (a counter hash of the
-  element's index: cheap on CPU, the same however the batch is split)."""
+def exp_noise(keys: jax.Array, shape: tuple[int, int],
+              temperature: float = 1.0) -> jax.Array:
+  """[B, *shape] Exp(1) noise to the power `temperature`, one key per
+  example (a counter hash of the element's index: cheap on CPU, the same
+  however the batch is split).
+
+  argmax p_v / E_v^T = argmax log p_v / T + Gumbel: a sample of the
+  softmax at temperature T.
+  """
   def one(key):
     bits = dropout_lib.hash_bits(key, shape)
     u = ((bits >> 8).astype(jnp.float32) + 0.5) * (2.0 ** -24)  # (0, 1)
-    return -jnp.log(u)
+    e = -jnp.log(u)
+    return e if temperature == 1.0 else e ** temperature
   return jax.vmap(one)(keys)
 
 
@@ -134,6 +146,7 @@ class ElectraModel(nn.Module):
   """Discriminator (`bert` + `discriminator`) and generator."""
   cfg: model_lib.EncoderConfig
   generator_cfg: model_lib.EncoderConfig
+  temperature: float = 1.0
 
   def setup(self):
     cfg = self.cfg
@@ -153,7 +166,7 @@ class ElectraModel(nn.Module):
         deterministic)
     slots, weights = batch["mask_positions"], batch["weights"]
     noise = exp_noise(batch["sample_keys"],
-                      (slots.shape[1], self.cfg.vocab_size))
+                      (slots.shape[1], self.cfg.vocab_size), self.temperature)
     gen, samples = self.generator.mlm_head(
         hidden, slots, self.bert.embedding_table(hidden.dtype),
         batch["labels"], weights, noise)
@@ -202,6 +215,7 @@ class Electra(base.Objective):
   generator: model_lib.EncoderConfig
   masking: masking_lib.Masking
   discriminator_weight: float = 50.0
+  temperature: float = 1.0
 
   @property
   def encoder_config(self) -> model_lib.EncoderConfig:
@@ -213,7 +227,7 @@ class Electra(base.Objective):
             "discriminator_loss": self.discriminator_weight}
 
   def module(self) -> nn.Module:
-    return ElectraModel(self.encoder, self.generator)
+    return ElectraModel(self.encoder, self.generator, self.temperature)
 
   def corrupt(self, batch, key, *, axis_name=None):
     del axis_name  # each example is corrupted on its own
