@@ -25,7 +25,6 @@ from mlm_jax import benchmark
 from mlm_jax import config as config_lib
 from mlm_jax import masking
 from mlm_jax import objectives
-from mlm_jax import parallel
 
 PAIR_OBJECTIVES = ("nsp", "sop")
 
@@ -85,18 +84,7 @@ def time_objectives(config: ml_collections.ConfigDict, *, steps: int,
   peak_samples = [benchmark.matmul_peak_flops()]
   for name in names(config):
     cfg = configs[name] = variant(config, name)
-    config_lib.validate(cfg, num_devices=jax.device_count())
-    par = parallel.make_parallel(cfg.parallel.mode, benchmark.build_task(cfg),
-                                 cfg.data.seq_len, cfg.parallel.fsdp)
-    state = par.init_state()
-    batch = par.put_batch(benchmark.synthetic_batch(cfg))
-    jax.block_until_ready((state, batch))
-    start = time.perf_counter()
-    lowered = par.lower_train_step(state, batch)
-    lower = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compile_ = time.perf_counter() - start
+    compiled, state, batch, lower, compile_ = benchmark.compile_step(cfg)
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     steps_by_name[name] = {"compiled": compiled, "state": state,

@@ -283,14 +283,11 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0):
           "example_id": np.arange(b, dtype=np.uint32)}
 
 
-def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
-                    repeats: int = 5, peak_flops: float | None = None,
-                    matmul_bound: bool = True) -> StepTiming:
-  """Times `repeats` runs of `steps` steps after compilation; medians.
+def compile_step(config: ml_collections.ConfigDict):
+  """Our training step of `config` on a synthetic batch, compiled.
 
-  `matmul_bound` also times the step's matmuls and its optimizer update
-  alone (`kernel_bound`), after the step's peak memory is read and its
-  state freed.
+  Returns (compiled step, initial state, device batch, lowering seconds,
+  XLA compile seconds); the step is the one whose compile time is reported.
   """
   config_lib.validate(config, num_devices=jax.device_count())
   par = parallel.make_parallel(config.parallel.mode, build_task(config),
@@ -304,9 +301,22 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
   lowered = par.lower_train_step(state, batch)
   lower_seconds = time.perf_counter() - start
   start = time.perf_counter()
-  # The executable timed is the one whose compile time is reported.
   compiled = lowered.compile()
-  compile_seconds = time.perf_counter() - start
+  return (compiled, state, batch, lower_seconds,
+          time.perf_counter() - start)
+
+
+def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
+                    repeats: int = 5, peak_flops: float | None = None,
+                    matmul_bound: bool = True) -> StepTiming:
+  """Times `repeats` runs of `steps` steps after compilation; medians.
+
+  `matmul_bound` also times the step's matmuls and its optimizer update
+  alone (`kernel_bound`), after the step's peak memory is read and its
+  state freed.
+  """
+  compiled, state, batch, lower_seconds, compile_seconds = compile_step(
+      config)
   state, metrics = compiled(state, batch)  # warm-up
   jax.block_until_ready(metrics)
 

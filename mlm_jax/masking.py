@@ -115,23 +115,30 @@ def _replace(tokens, positions, used, u, random_ids, mask_prob, random_prob,
   return Masked(inputs, positions, labels, used.astype(jnp.float32))
 
 
-def _mask_one(key, tokens, *, max_predictions, rate, mask_prob, random_prob,
-              vocab_size, mask_id, num_special):
-  """Masks one sequence; see `mask_tokens` for the arguments."""
+def _draws(key, tokens, max_predictions, rate, vocab_size, num_special):
+  """What token and whole-word masking draw for one sequence: a score per
+  position, a uniform per slot (the 80/10/10 action), a replacement id per
+  slot; and the candidates and how many of them to mask."""
   length = tokens.shape[0]
-  # One draw of random bits serves all three uses (selection scores, the
-  # 80/10/10 action, the replacement id): each threefry call costs about
-  # 0.7 s of XLA compile time on CPU, the bits themselves nothing.
+  # One draw of random bits serves all three uses: each threefry call costs
+  # about 0.7 s of XLA compile time on CPU, the bits themselves nothing.
   bits = jax.random.bits(key, (length + 2 * max_predictions,), jnp.uint32)
   uniform = _uniform(bits)
-  scores = uniform[:length]
-  u = uniform[length:length + max_predictions]
   random_ids = _random_ids(bits[length + max_predictions:], vocab_size,
                            num_special)
   # Special and padding tokens are never candidates: all ids below
   # num_special are reserved ([PAD], [UNK], [CLS], [SEP], [MASK]).
   candidate = tokens >= num_special
   num_to_mask = _budget(jnp.sum(candidate), rate, max_predictions)
+  return (uniform[:length], uniform[length:length + max_predictions],
+          random_ids, candidate, num_to_mask)
+
+
+def _mask_one(key, tokens, *, max_predictions, rate, mask_prob, random_prob,
+              vocab_size, mask_id, num_special):
+  """Masks one sequence; see `mask_tokens` for the arguments."""
+  scores, u, random_ids, candidate, num_to_mask = _draws(
+      key, tokens, max_predictions, rate, vocab_size, num_special)
   # A uniformly random subset: the top-k of iid uniform scores restricted to
   # candidates. Non-candidates score -1 and sort last.
   _, positions = jax.lax.top_k(jnp.where(candidate, scores, -1.0),
@@ -203,14 +210,8 @@ def _selected_slots(tokens, selected, max_predictions):
 def _whole_word_one(key, tokens, word_starts, *, max_predictions, rate,
                     mask_prob, random_prob, vocab_size, mask_id, num_special):
   length = tokens.shape[0]
-  bits = jax.random.bits(key, (length + 2 * max_predictions,), jnp.uint32)
-  uniform = _uniform(bits)
-  scores = uniform[:length]
-  u = uniform[length:length + max_predictions]
-  random_ids = _random_ids(bits[length + max_predictions:], vocab_size,
-                           num_special)
-  candidate = tokens >= num_special
-  num_to_mask = _budget(jnp.sum(candidate), rate, max_predictions)
+  scores, u, random_ids, candidate, num_to_mask = _draws(
+      key, tokens, max_predictions, rate, vocab_size, num_special)
   word, word_start = _units(candidate, word_starts[tokens])
   sizes = jnp.zeros(length + 1, jnp.int32).at[word].add(1)[:length]
   # Words in a random order (each word's score: its first piece's), then

@@ -50,6 +50,15 @@ def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformatio
   return tx
 
 
+def _peer(config, apply_fn, params, step, make_batch) -> Peer:
+  """The state (AdamW as theirs), the step jitted with the state donated,
+  the dropout key, and the batch maker."""
+  state = train_state.TrainState.create(apply_fn=apply_fn, params=params,
+                                        tx=_optimizer(config))
+  return (state, jax.jit(step, donate_argnums=(0,)),
+          jax.random.PRNGKey(config.seed), make_batch)
+
+
 def _mlm_loss(logits, labels):
   """run_mlm_flax.py's loss: cross-entropy at labels > 0, over all slots."""
   mask = jnp.where(labels > 0, 1.0, 0.0)
@@ -122,11 +131,7 @@ def build_pretraining(config: ml_collections.ConfigDict,
     loss, grad = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grad), {"loss": loss}, new_rng
 
-  state = train_state.TrainState.create(apply_fn=model.__call__,
-                                        params=model.params,
-                                        tx=_optimizer(config))
-  return (state, jax.jit(step, donate_argnums=(0,)),
-          jax.random.PRNGKey(config.seed), make_batch)
+  return _peer(config, model.__call__, model.params, step, make_batch)
 
 
 def _electra_configs(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
@@ -204,10 +209,7 @@ def build_electra(config: ml_collections.ConfigDict,
     loss, grad = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grad), {"loss": loss}, new_rng
 
-  state = train_state.TrainState.create(apply_fn=None, params=params,
-                                        tx=_optimizer(config))
-  return (state, jax.jit(step, donate_argnums=(0,)),
-          jax.random.PRNGKey(config.seed), make_batch)
+  return _peer(config, None, params, step, make_batch)
 
 
 def build_causal(config: ml_collections.ConfigDict,
@@ -235,11 +237,7 @@ def build_causal(config: ml_collections.ConfigDict,
     loss, grad = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grad), {"loss": loss}, new_rng
 
-  state = train_state.TrainState.create(apply_fn=model.__call__,
-                                        params=model.params,
-                                        tx=_optimizer(config))
-  return (state, jax.jit(step, donate_argnums=(0,)),
-          jax.random.PRNGKey(config.seed), lambda: host)
+  return _peer(config, model.__call__, model.params, step, lambda: host)
 
 
 BUILDERS: dict[str, Callable[..., Peer]] = {

@@ -24,6 +24,7 @@ from mlm_jax import objectives
 from mlm_jax import optim
 from mlm_jax import parallel
 from mlm_jax import step as step_lib
+from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.data import loader
 from mlm_jax.data import prepare
 
@@ -117,6 +118,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
   config_lib.validate(config, num_devices=jax.device_count())
+  given = pathlib.Path(config.tokenizer.path).expanduser()
+  if config.tokenizer.path and given.is_file():  # check before preparing
+    objectives.check_word_starts(
+        config, tokenizer_lib.Tokenizer.load(given).word_starts(), str(given))
   data = prepare.prepare(config)
   config_lib.validate(config, num_devices=jax.device_count(),
                       tokenizer_vocab_size=data.tokenizer.vocab_size)

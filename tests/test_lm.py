@@ -14,7 +14,6 @@ from mlm_jax import masking
 from mlm_jax import model as model_lib
 from mlm_jax import tokenizer as tok
 from mlm_jax.objectives import causal_lm
-from mlm_jax.objectives import losses
 from mlm_jax.objectives import prefix_lm
 
 V, L, B = 97, 16, 4

@@ -12,7 +12,6 @@ from mlm_jax import config as config_lib
 from mlm_jax import masking
 from mlm_jax import tokenizer as tok
 from mlm_jax.objectives import nsp
-from mlm_jax.objectives import sentence_pairs
 from mlm_jax.objectives import sop
 
 Z = 5.0

@@ -237,3 +237,13 @@ def test_interrupted_write_keeps_previous_model(tmp_path, texts, monkeypatch):
     tok.train_sentencepiece(texts, path, vocab_size=VOCAB)
   assert path.read_bytes() == b"previous"
   assert os.listdir(tmp_path) == ["m.model"]  # The temp file is cleaned up.
+
+
+def test_word_starts_mark_the_first_piece_of_every_word(tokenizer, texts):
+  starts = tokenizer.word_starts()
+  assert starts.shape == (VOCAB,) and starts.dtype == bool
+  assert starts[:tok.NUM_SPECIAL_TOKENS].all()  # specials end words
+  assert 0 < starts[tok.NUM_SPECIAL_TOKENS:].mean() < 1
+  for text, ids in zip(texts[:20], tokenizer.encode(texts[:20])):
+    # One start per whitespace-separated word ("word." is one word).
+    assert starts[ids].sum() == len(text.split())

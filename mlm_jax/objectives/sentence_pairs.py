@@ -29,13 +29,32 @@ from mlm_jax.objectives import mlm
 PAIR_KEY = 1
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """`config.objective.nsp` and `.sop`."""
+  c = ml_collections.ConfigDict()
+  # Share of pairs made negative (label 1): B from another example (NSP),
+  # or A and B swapped (SOP).
+  c.negative_rate = 0.5
+  return c
+
+
 def check_pairs(config: ml_collections.ConfigDict) -> None:
-  """Pair objectives need `data.packing=pairs`; one line if not."""
+  """Pair objectives need `data.packing=pairs` and a rate in (0, 1)."""
   name = config.objective.name
   check(config.data.packing == "pairs", "data.packing",
         f"objective {name!r} predicts a relation between two segments, and "
         f"packing {config.data.packing!r} makes none",
         "set --config.data.packing=pairs")
+  rate = config.objective[name].negative_rate
+  check(0.0 < rate < 1.0, f"objective.{name}.negative_rate",
+        f"{rate} is outside (0, 1)", "use e.g. 0.5 (BERT, ALBERT)")
+
+
+def build(cls, config: ml_collections.ConfigDict, word_starts=None):
+  """The pair objective `cls` of a run config."""
+  return cls(model_lib.EncoderConfig.from_config(config),
+             masking_lib.Masking.from_config(config, word_starts),
+             config.objective[cls.name].negative_rate)
 
 
 def segment_bounds(tokens: jax.Array

@@ -16,32 +16,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mlm_jax import masking as masking_lib
-from mlm_jax import model as model_lib
-from mlm_jax.errors import check as _check
 from mlm_jax.objectives import sentence_pairs
 
 USES_MASKING = True
+# `config.objective.sop.negative_rate`.
+default_config = sentence_pairs.default_config
+check = sentence_pairs.check_pairs
 
 
-def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  # Share of pairs swapped to B, A (label 1).
-  c.negative_rate = 0.5
-  return c
-
-
-def check(config: ml_collections.ConfigDict) -> None:
-  sentence_pairs.check_pairs(config)
-  rate = config.objective.sop.negative_rate
-  _check(0.0 < rate < 1.0, "objective.sop.negative_rate",
-         f"{rate} is outside (0, 1)", "use e.g. 0.5 (ALBERT)")
-
-
-def build(config: ml_collections.ConfigDict, word_starts=None):
-  return SentenceOrder(model_lib.EncoderConfig.from_config(config),
-                       masking_lib.Masking.from_config(config, word_starts),
-                       config.objective.sop.negative_rate)
+def build(config: ml_collections.ConfigDict, word_starts=None) -> SentenceOrder:
+  return sentence_pairs.build(SentenceOrder, config, word_starts)
 
 
 def swap_segments(tokens: jax.Array, b_start: jax.Array,
