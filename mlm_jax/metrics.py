@@ -115,22 +115,47 @@ class JsonlWriter:
   Resuming from step s first drops the records of steps after s (logged by
   the interrupted run after its last checkpoint), so the file reads as one
   uninterrupted run. The rewrite goes to a temporary file and is renamed.
+  A record whose keys were all recorded at its step already (the final
+  evaluation of a finished run, re-run on resume) is not written again.
   """
 
   def __init__(self, path: str | os.PathLike, resume_step: int = 0):
     self.path = pathlib.Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._keys: dict[int, set[str]] = {}
     if self.path.exists():
       kept = [line for line in self.path.read_text().splitlines()
               if _step_of(line) is not None and _step_of(line) <= resume_step]
+      for line in kept:
+        self._keys.setdefault(_step_of(line), set()).update(json.loads(line))
       tmp = self.path.with_name(self.path.name + ".tmp")
       tmp.write_text("".join(line + "\n" for line in kept))
       os.replace(tmp, self.path)
 
-  def write(self, step: int, values: dict[str, Any]) -> None:
+  def write(self, step: int, values: dict[str, Any]) -> bool:
+    """Appends the record of `step`; False if it was there already."""
     record = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
+    seen = self._keys.setdefault(int(step), set())
+    if set(record) <= seen:
+      return False
+    seen.update(record)
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
+    return True
+
+
+def best_eval(path: str | os.PathLike) -> tuple[int, float] | None:
+  """(step, loss) of the lowest `eval_loss` in a metrics.jsonl, if any."""
+  path, best = pathlib.Path(path), None
+  for line in path.read_text().splitlines() if path.exists() else []:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    loss = record.get("eval_loss")
+    if loss is not None and (best is None or loss < best[1]):
+      best = (int(record["step"]), float(loss))
+  return best
 
 
 def _step_of(line: str) -> int | None:

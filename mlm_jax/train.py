@@ -9,8 +9,11 @@ exact data position.
 from __future__ import annotations
 
 import collections
+import json
+import os
 import pathlib
 import shutil
+import time
 from typing import Iterator
 
 import jax
@@ -19,6 +22,7 @@ from absl import logging
 
 from mlm_jax import checkpoint as ckpt_lib
 from mlm_jax import config as config_lib
+from mlm_jax import console
 from mlm_jax import metrics as metrics_lib
 from mlm_jax import objectives
 from mlm_jax import optim
@@ -115,9 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns the metrics of the last logging interval and evaluation.
   """
-  workdir = pathlib.Path(workdir).expanduser()
-  workdir.mkdir(parents=True, exist_ok=True)
   config_lib.validate(config, num_devices=jax.device_count())
+  workdir = make_workdir(workdir)
   given = pathlib.Path(config.tokenizer.path).expanduser()
   if config.tokenizer.path and given.is_file():  # check before preparing
     objectives.check_word_starts(
@@ -128,8 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   word_starts = data.tokenizer.word_starts()
   objectives.check_word_starts(config, word_starts, str(data.tokenizer.path))
   _keep_tokenizer(data, workdir)
-  logging.info("Data: %s", {k: data.manifest[k] for k in (
-      "documents", "examples", "tokens", "packing_efficiency")})
+  write_config(config, workdir)
   par = parallel.make_parallel(config.parallel.mode,
                                build_task(config, word_starts),
                                config.data.seq_len, config.parallel.fsdp)
@@ -152,13 +154,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if changes:
         logging.warning("The config differs from the checkpoint's: %s",
                         "; ".join(changes))
+    for line in console.start_summary(
+        devices=console.devices_line(),
+        parallel=console.layout_line(config.parallel, par.num_devices),
+        parameters=console.parameter_count(par.abstract_state().params),
+        tokens_per_step=t.batch_size * config.data.seq_len,
+        flops_per_step=None, peak=None, data=console.data_line(config.data, data.manifest),
+        workdir=str(workdir), resumed_from=None if restored is None else start,
+        num_steps=t.num_steps):
+      logging.info("%s", line)
     writer = metrics_lib.JsonlWriter(workdir / "metrics.jsonl",
                                      resume_step=start)
     if start >= config.train.num_steps:
       logging.info("The run in %s is complete (step %d).", workdir, start)
-      return _evaluate_and_log(par, state, data, config, start, writer)
-    return _train_loop(config, par, state, start, next_index, data,
-                       checkpointer, writer)
+      summary = _evaluate_and_log(par, state, data, config, start, writer)
+    else:
+      summary = _train_loop(config, par, state, start, next_index, data,
+                            checkpointer, writer)
+    checkpointer.wait()
+    last = checkpointer.latest_step()
+  for line in console.end_summary(
+      workdir=str(workdir),
+      last_checkpoint=(None if last is None else
+                       str(checkpointer.directory / str(last))),
+      best=metrics_lib.best_eval(workdir / "metrics.jsonl"),
+      metrics_path=str(workdir / "metrics.jsonl"), events_dir=None):
+    logging.info("%s", line)
+  return summary
+
+
+def make_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+  """Creates the workdir, or stops with one line saying why it cannot."""
+  path = pathlib.Path(workdir).expanduser()
+  if path.exists() and not path.is_dir():
+    raise config_lib.ConfigError(
+        f"--workdir {path} is a file, not a directory; name a new or "
+        "existing directory.")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise config_lib.ConfigError(
+        f"--workdir {path} cannot be created ({e.strerror or e}); name a "
+        "directory you can write to.") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise config_lib.ConfigError(
+        f"--workdir {path} is not writable; name a directory you can write "
+        "to.")
+  return path
+
+
+def write_config(config: ml_collections.ConfigDict,
+                 workdir: pathlib.Path) -> None:
+  """The config as run, readable, as `config.json` in the workdir."""
+  path = workdir / "config.json"
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+  os.replace(tmp, path)
 
 
 def _train_loop(config, par, state, start, next_index, data, checkpointer,
@@ -177,33 +228,46 @@ def _train_loop(config, par, state, start, next_index, data, checkpointer,
   summary: dict[str, float] = {}
   meter = metrics_lib.IntervalMeter(par.fetch,
                                     par.task.objective.loss_weights)
-  for step in range(start, num_steps):
-    state, step_metrics = par.train_step(state, next(batches))
-    meter.add(step_metrics)
-    done = step + 1
-    if step == start:  # Report compilation apart from the step time.
-      seconds = meter.first_step_seconds()
-      writer.write(done, {"first_step_seconds": seconds})
-      logging.info("First step (with compilation) took %.1fs", seconds)
-    if meter.has_pending and (done % t.log_every == 0 or done == num_steps):
-      summary = meter.report()
-      if not metrics_lib.is_finite(summary):
-        raise FloatingPointError(
-            f"Non-finite training metrics at step {done}: {summary}. No "
-            "checkpoint was written from this state; lower optim.lr or raise "
-            "optim.warmup_steps and resume from the last checkpoint.")
-      summary["lr"] = float(schedule(step))
-      if "steps_per_s" in summary:
-        summary["eta_minutes"] = (num_steps - done) / summary[
-            "steps_per_s"] / 60
-      _log(done, num_steps, summary)
-      writer.write(done, summary)
-    with meter.paused():
-      if done % t.eval_every == 0 or done == num_steps:
-        summary.update(_evaluate_and_log(par, state, data, config, done,
-                                         writer))
-      if checkpointer.should_save(done) or done == num_steps:
-        checkpointer.save(done, par.to_global(state), config=config.to_dict(),
-                          data=loader.state_after(next_index, done - start,
-                                                  t.batch_size), force=True)
+  with console.Progress(start, num_steps) as progress:
+    for step in range(start, num_steps):
+      state, step_metrics = par.train_step(state, next(batches))
+      meter.add(step_metrics)
+      done = step + 1
+      if step == start:  # Report compilation apart from the step time.
+        seconds = meter.first_step_seconds()
+        writer.write(done, {"first_step_seconds": seconds})
+        logging.info("First step (with compilation) took %.1fs", seconds)
+      if meter.has_pending and (done % t.log_every == 0 or done == num_steps):
+        summary = _interval_summary(meter, schedule, done, num_steps)
+        _log(done, num_steps, summary)
+        writer.write(done, summary)
+        progress.report(summary)
+      progress.update(done)
+      paused_at = time.monotonic()
+      with meter.paused():
+        if done % t.eval_every == 0 or done == num_steps:
+          summary.update(_evaluate_and_log(par, state, data, config, done,
+                                           writer))
+        if checkpointer.should_save(done) or done == num_steps:
+          checkpointer.save(
+              done, par.to_global(state), config=config.to_dict(),
+              data=loader.state_after(next_index, done - start, t.batch_size),
+              force=True)
+      progress.pause_clock(time.monotonic() - paused_at)
+  return summary
+
+
+def _interval_summary(meter, schedule, done: int,
+                      num_steps: int) -> dict[str, float]:
+  """The logging interval's metrics, learning rate and ETA; stops the run
+  on a non-finite value (before any checkpoint of that state)."""
+  summary = meter.report()
+  if not metrics_lib.is_finite(summary):
+    raise FloatingPointError(
+        f"Non-finite training metrics at step {done}: {summary}. No "
+        "checkpoint was written from this state; lower optim.lr or raise "
+        "optim.warmup_steps and resume from the last checkpoint.")
+  summary["lr"] = float(schedule(done - 1))
+  if "steps_per_s" in summary:
+    summary["eta_minutes"] = (num_steps - done) / summary["steps_per_s"] / 60
   return summary

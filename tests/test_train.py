@@ -71,9 +71,20 @@ def test_launcher_trains_evaluates_checkpoints_and_resumes_exactly(
   assert train_losses(work) == full
   assert [r["step"] for r in records(work) if "eval_loss" in r] == [4, 8]
 
-  # A finished run only re-evaluates.
+  # A finished run only re-evaluates, and records nothing twice.
+  before = (work / "metrics.jsonl").read_text()
   proc = launch(work, cache_dir)
   assert "is complete (step 8)" in proc.stderr
+  assert (work / "metrics.jsonl").read_text() == before
+  # The log opens with what runs where, ends with where the results are,
+  # and the config as run is in the workdir, readable.
+  assert "Devices: 4 x cpu (cpu); pmap over 4 devices" in proc.stderr
+  assert "Resuming at step 8 of 8" in proc.stderr
+  assert f"last checkpoint: {ckpts / '8'}" in proc.stderr
+  assert "best held-out loss:" in proc.stderr
+  assert json.loads((work / "config.json").read_text())["train"][
+      "num_steps"] == 8
+  assert "\x1b" not in proc.stderr and "\r" not in proc.stderr
 
   # Checkpoints of another vocabulary are refused in one line.
   (work / "tokenizer.model").write_bytes(b"another tokenizer")
@@ -116,6 +127,12 @@ def test_launcher_bad_input_is_one_line(tmp_path, cache_dir):
                 check=False)
   assert proc.returncode == 2
   assert "the config has no field 'hidden'" in proc.stderr.splitlines()[-1]
+  (tmp_path / "a_file").write_text("")
+  proc = launch(tmp_path / "a_file", cache_dir, check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"error: --workdir {tmp_path / 'a_file'} is a file, not a directory; "
+      "name a new or existing directory."]
 
 
 def test_in_process_jit_run_learns(tmp_path, cache_dir):
