@@ -24,7 +24,8 @@ from mlm_jax.data import prepare
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, with variants after ':'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.")
-flags.mark_flags_as_required(["config", "workdir"])
+cli.require(config="configs/bert.py:size=tiny,runlocal",
+            workdir="/tmp/mlm_bench_data")
 
 
 def main(argv):

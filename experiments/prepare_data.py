@@ -11,7 +11,6 @@ config is an error, never silently reused.
 import json
 
 from absl import app
-from absl import flags
 from ml_collections import config_flags
 
 from mlm_jax import cli
@@ -19,7 +18,7 @@ from mlm_jax.data import prepare
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, with variants after ':'.", lock_config=True)
-flags.mark_flags_as_required(["config"])
+cli.require(config="configs/bert.py:size=tiny,runlocal")
 
 
 def main(argv):

@@ -17,7 +17,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, with variants after ':'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and the tokenizer.")
-flags.mark_flags_as_required(["config", "workdir"])
+cli.require(config="configs/bert.py:size=tiny,runlocal",
+            workdir="/tmp/mlm_smoke")
 
 
 def main(argv):
