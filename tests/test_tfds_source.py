@@ -232,6 +232,7 @@ def test_unknown_name_suggests_a_close_one(tmp_path):
 
 @pytest.mark.parametrize("name", ["lm1b", "c4/en"])
 def test_not_prepared_says_how_to_prepare(name, tmp_path):
+  temp_dirs = _stray_temp_dirs()
   with pytest.raises(FileNotFoundError) as error:
     tfds_source.tfds_documents(name, data_dir=tmp_path)
   message = str(error.value)
@@ -242,6 +243,7 @@ def test_not_prepared_says_how_to_prepare(name, tmp_path):
           ".download_and_prepare(file_format='array_record')") in message
   assert "Apache Beam" in message
   assert not any(tmp_path.iterdir())  # Nothing downloaded or written.
+  assert _stray_temp_dirs() == temp_dirs
 
 
 def test_not_random_access_says_how_to_convert(small, tmp_path):
