@@ -1,10 +1,11 @@
-"""Test set-up: every test process sees 4 CPU devices.
+"""Test set-up: every test process sees 4 CPU devices; no stray temp dirs.
 
 The library never changes jax.config at import; tests do it here, once,
 before any backend is initialised, so that pmap/jit-over-mesh code runs on
 several (forced host) devices on a CPU-only machine.
 """
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
@@ -14,6 +15,25 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_tfds_temp_dirs(tmp_path_factory):
+  """The session's temp dir is one of its own, left with no `tmp*tfds`.
+
+  tfds leaves an empty one per builder of an unprepared dataset, unless the
+  data package prevents it; a temp dir of our own also keeps this check
+  blind to other processes' dirs.
+  """
+  temp = tmp_path_factory.mktemp("tempdir")
+  previous, tempfile.tempdir = tempfile.tempdir, str(temp)
+  yield
+  tempfile.tempdir = previous
+  stray = sorted(path.name for path in temp.glob("tmp*tfds"))
+  assert not stray, (f"Tests left {len(stray)} tfds temporary directories "
+                     f"in {temp}; make the tfds builders that made them "
+                     "clean up (as offline_tfds._LocalDatasetInfo, "
+                     "tfds_source._no_stray_temp_dirs).")
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,11 @@ downloaded: the error paths use empty data_dirs, which must stay empty.
 """
 
 import json
+import logging
+import pathlib
 import shutil
 import sys
+import tempfile
 
 import pytest
 import tensorflow_datasets as tfds
@@ -42,6 +45,40 @@ def small(tmp_path_factory):
   name = offline_tfds.prepare_offline_tfds(
       data_dir, corpus_dir=corpus_dir, roots=roots, include_topics=False)
   return roots, data_dir, corpus_dir, name
+
+
+def _stray_temp_dirs():
+  """What tfds leaves in the temp dir: one per unprepared builder made."""
+  return set(pathlib.Path(tempfile.gettempdir()).glob("tmp*tfds"))
+
+
+@pytest.mark.parametrize("prepare", ["prepare_offline_tfds", "data_source"])
+def test_preparing_is_quiet_and_leaves_no_temp_dirs(prepare, tmp_path, capfd,
+                                                    caplog):
+  """No prints, progress bars (control characters in log files), "nothing
+  prepared yet" warnings or empty temporary directories from tfds."""
+  roots = _write_sources(tmp_path / "src", {"a.py": f'"""Module a. {PROSE}"""'})
+  kwargs = dict(corpus_dir=tmp_path / "corpora", roots=roots,
+                include_topics=False)
+  bars = tfds.core.utils.tqdm_utils._active
+  temp_dirs = _stray_temp_dirs()
+  caplog.set_level(logging.INFO)
+  if prepare == "prepare_offline_tfds":
+    offline_tfds.prepare_offline_tfds(tmp_path / "tfds", **kwargs)
+  else:
+    tfds.data_source("mlm_jax_offline", split="train",
+                     data_dir=tmp_path / "tfds", builder_kwargs=kwargs)
+  out, err = capfd.readouterr()
+  for noise in ("\x1b", "\r", "Downloading and preparing",
+                "downloaded and prepared", "Generating splits",
+                "Generating train examples", "Shuffling", "dataset_info"):
+    assert noise not in out + err
+  messages = [r.getMessage() for r in caplog.records]
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+  assert [m for m in messages if m.startswith("Built the offline corpus")]
+  assert [m for m in messages if m.startswith("Prepared the tfds dataset")]
+  assert tfds.core.utils.tqdm_utils._active == bars  # Restored.
+  assert _stray_temp_dirs() == temp_dirs
 
 
 def _jsonl(corpus_dir, name):
@@ -195,6 +232,7 @@ def test_unknown_name_suggests_a_close_one(tmp_path):
 
 @pytest.mark.parametrize("name", ["lm1b", "c4/en"])
 def test_not_prepared_says_how_to_prepare(name, tmp_path):
+  temp_dirs = _stray_temp_dirs()
   with pytest.raises(FileNotFoundError) as error:
     tfds_source.tfds_documents(name, data_dir=tmp_path)
   message = str(error.value)
@@ -205,6 +243,7 @@ def test_not_prepared_says_how_to_prepare(name, tmp_path):
           ".download_and_prepare(file_format='array_record')") in message
   assert "Apache Beam" in message
   assert not any(tmp_path.iterdir())  # Nothing downloaded or written.
+  assert _stray_temp_dirs() == temp_dirs
 
 
 def test_not_random_access_says_how_to_convert(small, tmp_path):

@@ -27,6 +27,15 @@ source files belong; in a temporary directory if `data_dir` is remote
 The examples keep the order of the JSONL (shuffling disabled, keys are line
 numbers): the dataset is a copy of the corpus, not a new ordering of it.
 Hold-out happens later, on packed examples, so there is one split, `train`.
+
+Quiet. tfds, made for downloads, prints sizes and progress bars while it
+prepares, and warns and leaves an empty temporary directory whenever a
+builder of an unprepared dataset is made. None of that means anything for a
+local corpus (the bars sit at 0 until the whole corpus is built), and in log
+files the bars are control characters. So this builder turns them off
+however it is prepared (`prepare_offline_tfds`, `tfds.data_source`, `tfds
+build`) and logs one INFO line of its own instead; tfds's own logging and
+every other warning are left alone.
 """
 from __future__ import annotations
 
@@ -118,7 +127,7 @@ class MlmJaxOffline(tfds.core.GeneratorBasedBuilder):
         name=name, description=f"The offline corpus {name}.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self,
         description=("Docstrings of the standard library and site-packages "
                      "and the pydoc help topics, cleaned into prose by "
@@ -129,6 +138,31 @@ class MlmJaxOffline(tfds.core.GeneratorBasedBuilder):
         }),
         disable_shuffling=True,  # Keep the corpus order (keys: line numbers).
     )
+
+  def is_prepared(self) -> bool:
+    """tfds's answer, without its warning when nothing is there yet.
+
+    tfds warns "Variant folder ... has no dataset_info.json" when the folder
+    does not exist at all, i.e. before every first build. A folder that
+    exists but is incomplete still gets the warning.
+    """
+    return self.data_path.exists() and super().is_prepared()
+
+  def download_and_prepare(self, **kwargs: Any) -> None:
+    """tfds's, without its progress bars (see the module docstring)."""
+    self._prepare_start = time.perf_counter()
+    with _progress_bars_off():
+      super().download_and_prepare(**kwargs)
+
+  def _log_download_bytes(self) -> None:
+    """Replaces tfds's print of download sizes, all "Unknown" here."""
+
+  def _log_download_done(self) -> None:
+    """Replaces tfds's print "downloaded and prepared" by an INFO line."""
+    logging.info("Prepared the tfds dataset %s in %s (%d documents, %.1f s).",
+                 f"{self.name}/{self.builder_config.name}", self.data_dir,
+                 self.info.splits["train"].num_examples,
+                 time.perf_counter() - self._prepare_start)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager,
                         ) -> dict[str, Iterator[tuple[int, dict[str, str]]]]:
@@ -165,6 +199,26 @@ class MlmJaxOffline(tfds.core.GeneratorBasedBuilder):
             yield key, {"text": document["text"],
                         "source": document["source"]}
             key += 1
+
+
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """The info of a dataset that tfds's GCS bucket never holds."""
+
+  def initialize_from_bucket(self) -> None:
+    """Nothing to fetch. tfds's makes a temporary directory first (every
+    time a builder of an unprepared dataset is made) and leaves it behind."""
+
+
+@contextlib.contextmanager
+def _progress_bars_off() -> Iterator[None]:
+  """tfds's progress bars off, then back as they were."""
+  # tfds has a setter but no getter for this switch.
+  previous = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+  tfds.display_progress_bar(False)
+  try:
+    yield
+  finally:
+    tfds.display_progress_bar(previous)
 
 
 @contextlib.contextmanager
@@ -210,12 +264,7 @@ def prepare_offline_tfds(
   if builder.is_prepared():
     logging.info("Reusing the tfds dataset %s in %s.", name, builder.data_dir)
     return name
-  start = time.perf_counter()
-  builder.download_and_prepare(
+  builder.download_and_prepare(  # Logs "Prepared the tfds dataset ...".
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  logging.info("Prepared the tfds dataset %s in %s (%d documents, %.1f s).",
-               name, builder.data_dir,
-               builder.info.splits["train"].num_examples,
-               time.perf_counter() - start)
   return name

@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -156,7 +157,8 @@ def _tfds_builder(name: str,
                   data_dir: str | None) -> tfds.core.DatasetBuilder:
   """`tfds.builder`; errors other than an unknown dataset name as ValueError."""
   try:
-    return tfds.builder(name, data_dir=data_dir)
+    with _no_stray_temp_dirs():
+      return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise
   except (ValueError, AssertionError) as e:  # Bad name, config or version.
@@ -170,6 +172,30 @@ def _tfds_builder(name: str,
       message = (f"tfds dataset {str(dataset)!r} has no config {config!r}; "
                  f"its configs: {', '.join(sorted(configs))}.")
   raise ValueError(message) from None
+
+
+@contextlib.contextmanager
+def _no_stray_temp_dirs() -> Iterator[None]:
+  """Temporary directories made meanwhile go to one removed on exit.
+
+  A tfds builder of an unprepared dataset makes an empty `tmp*tfds`
+  directory in the system temp dir and leaves it there (tfds 4.9.10,
+  `DatasetInfo.initialize_from_bucket`, which then finds GCS disabled).
+  Only empty directories are removed: anything else made meanwhile (by
+  another thread) stays, if in a leftover directory.
+  """
+  previous = tempfile.tempdir
+  private = tempfile.mkdtemp(prefix="mlm_jax-tfds-")
+  tempfile.tempdir = private
+  try:
+    yield
+  finally:
+    tempfile.tempdir = previous
+    for entry in os.scandir(private):
+      with contextlib.suppress(OSError):
+        os.rmdir(entry.path)
+    with contextlib.suppress(OSError):
+      os.rmdir(private)
 
 
 def _check_text_feature(builder: tfds.core.DatasetBuilder, name: str,
@@ -200,7 +226,8 @@ def _read_error(builder: tfds.core.DatasetBuilder, name: str, split: str,
                 error: Exception) -> Exception:
   """What went wrong when `as_data_source` failed, and how to fix it."""
   root = _data_dir_root(builder)
-  if not builder.is_prepared():
+  # Not `is_prepared()` alone: it warns when there is no folder at all.
+  if not builder.data_path.exists() or not builder.is_prepared():
     imports = ("" if builder.__module__.startswith("tensorflow_datasets.")
                else f" --imports={builder.__module__}")
     return FileNotFoundError(
