@@ -64,11 +64,16 @@ class EventWriter:
   every method is a no-op. A run's event file is created when it first gets
   a value, so a run without evaluation has no `eval` folder.
 
-  `resume_step`: the step a resumed run restarts from. Each new event file
-  then starts with a `SessionLog.START` at `resume_step + 1`, from which
-  TensorBoard's reader drops the events of steps after `resume_step` that the
-  interrupted run wrote after its last checkpoint (as `metrics.JsonlWriter`
-  drops those records), so the curves read as one uninterrupted run.
+  `resume_step`: the step a resumed run restarts from (None: a fresh run).
+  Each event file starts with a `SessionLog.START` at `resume_step + 1` (a
+  fresh run's at 0), from which TensorBoard's readers drop the events of
+  later steps that an earlier run wrote to the same logdir: those the
+  interrupted run logged after its last checkpoint, as `metrics.JsonlWriter`
+  drops those records, so the curves read as one uninterrupted run. (The
+  Python readers need the fresh run's START too: they take the first one
+  they see for the start of the run, only later ones for restarts. They read
+  a run's files in name order, by the second they were created: a writer
+  made again by the same process within a second may be read out of order.)
 
   Events are written by a background thread and flushed every `flush_secs`
   seconds, on `flush()` and on `close()`. Use as a context manager, or call
@@ -88,11 +93,10 @@ class EventWriter:
     if run not in self._writers:
       writer = EventFileWriter(os.path.join(self.logdir, run),
                                flush_secs=self._flush_secs)
-      if self._resume_step is not None:
-        writer.add_event(event_pb2.Event(
-            wall_time=time.time(), step=int(self._resume_step) + 1,
-            session_log=event_pb2.SessionLog(
-                status=event_pb2.SessionLog.START)))
+      start = 0 if self._resume_step is None else int(self._resume_step) + 1
+      writer.add_event(event_pb2.Event(
+          wall_time=time.time(), step=start, session_log=event_pb2.SessionLog(
+              status=event_pb2.SessionLog.START)))
       self._writers[run] = writer
     return self._writers[run]
 

@@ -2,10 +2,13 @@
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import plugin_event_accumulator
+from tensorboard.util import tensor_util
 
 from mlm_jax import event_writer
 
@@ -18,6 +21,24 @@ def read_run(logdir, run):
   acc.Reload()
   return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
           for tag in acc.Tags()["scalars"]}
+
+
+def read_run_as_tensors(logdir, run):
+  """The same through the reader of `tensorboard --load_fast=false`."""
+  acc = plugin_event_accumulator.EventAccumulator(str(logdir / run))
+  acc.Reload()
+  return {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item())
+                for e in acc.Tensors(tag)]
+          for tag in acc.Tags()["tensors"]}
+
+
+def next_second():
+  """Waits for the wall clock's next second. TensorBoard reads a run's event
+  files in name order: time in seconds, host, pid, then a counter of the
+  process, which sorts as text ("10" before "9"); two writers of one process
+  within a second could be read in the wrong order (a resumed run is another
+  process, seconds later)."""
+  time.sleep(1.01 - time.time() % 1)
 
 
 def test_train_and_eval_keys_become_two_runs_with_the_same_tags(tmp_path):
@@ -78,18 +99,31 @@ def test_flush_makes_events_readable_before_close(tmp_path):
     writer.write_scalars(6, {"loss": 2.0})
 
 
-def test_resumed_run_hides_steps_after_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("read", [read_run, read_run_as_tensors])
+def test_resumed_run_hides_steps_after_its_checkpoint(tmp_path, read):
   # The first run logs steps 100-300 but its last checkpoint is step 200;
   # the resumed run restarts from 200 and logs 300 again, differently.
   with event_writer.EventWriter(tmp_path) as writer:
     for step, loss in [(100, 5.0), (200, 4.0), (300, 3.0)]:
       writer.write_scalars(step, {"loss": loss, "eval_loss": loss + 1})
+  next_second()
   with event_writer.EventWriter(tmp_path, resume_step=200) as writer:
     writer.write_scalars(300, {"loss": 3.5, "eval_loss": 4.5})
-  assert read_run(tmp_path, "train") == {
+  assert read(tmp_path, "train") == {
       "loss": [(100, 5.0), (200, 4.0), (300, 3.5)]}
-  assert read_run(tmp_path, "eval") == {
+  assert read(tmp_path, "eval") == {
       "loss": [(100, 6.0), (200, 5.0), (300, 4.5)]}
+
+
+@pytest.mark.parametrize("read", [read_run, read_run_as_tensors])
+def test_fresh_run_replaces_an_earlier_one_in_its_logdir(tmp_path, read):
+  with event_writer.EventWriter(tmp_path) as writer:
+    writer.write_scalars(100, {"loss": 5.0})
+    writer.write_scalars(200, {"loss": 4.0})
+  next_second()
+  with event_writer.EventWriter(tmp_path) as writer:
+    writer.write_scalars(100, {"loss": 6.0})
+  assert read(tmp_path, "train") == {"loss": [(100, 6.0)]}
 
 
 def test_importing_the_writer_does_not_import_tensorflow():
