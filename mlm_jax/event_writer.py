@@ -16,8 +16,8 @@ every workdir's `<name>/tensorboard/train` and `.../eval` side by side when
 the loop writes to `<workdir>/tensorboard`.
 
 Values are written as 32-bit `simple_value` scalars; a value that is not a
-finite real scalar (NaN, inf, a string, an array) is skipped and returned to
-the caller, never written: one NaN would flatten TensorBoard's y-axis.
+finite real scalar (NaN, inf, a string, an array) is skipped and its key
+returned to the caller, who knows whether a NaN loss should stop the run.
 """
 from __future__ import annotations
 
