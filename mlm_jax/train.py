@@ -23,10 +23,12 @@ from absl import logging
 from mlm_jax import checkpoint as ckpt_lib
 from mlm_jax import config as config_lib
 from mlm_jax import console
+from mlm_jax import event_writer
 from mlm_jax import metrics as metrics_lib
 from mlm_jax import objectives
 from mlm_jax import optim
 from mlm_jax import parallel
+from mlm_jax import peaks
 from mlm_jax import step as step_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.data import loader
@@ -154,23 +156,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if changes:
         logging.warning("The config differs from the checkpoint's: %s",
                         "; ".join(changes))
+    speed = _Speed(par, config)
     for line in console.start_summary(
         devices=console.devices_line(),
         parallel=console.layout_line(config.parallel, par.num_devices),
         parameters=console.parameter_count(par.abstract_state().params),
         tokens_per_step=t.batch_size * config.data.seq_len,
-        flops_per_step=None, peak=None, data=console.data_line(config.data, data.manifest),
+        flops_per_step=speed.flops_per_step, peak=speed.describe_peak(),
+        data=console.data_line(config.data, data.manifest),
         workdir=str(workdir), resumed_from=None if restored is None else start,
         num_steps=t.num_steps):
       logging.info("%s", line)
-    writer = metrics_lib.JsonlWriter(workdir / "metrics.jsonl",
-                                     resume_step=start)
-    if start >= config.train.num_steps:
-      logging.info("The run in %s is complete (step %d).", workdir, start)
-      summary = _evaluate_and_log(par, state, data, config, start, writer)
-    else:
-      summary = _train_loop(config, par, state, start, next_index, data,
-                            checkpointer, writer)
+    writer = _Writers(workdir, resume_step=start)
+    with writer:
+      if start >= config.train.num_steps:
+        logging.info("The run in %s is complete (step %d).", workdir, start)
+        summary = _evaluate_and_log(par, state, data, config, start, writer)
+      else:
+        summary = _train_loop(config, par, state, start, next_index, data,
+                              checkpointer, writer, speed)
     checkpointer.wait()
     last = checkpointer.latest_step()
   for line in console.end_summary(
@@ -178,9 +182,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       last_checkpoint=(None if last is None else
                        str(checkpointer.directory / str(last))),
       best=metrics_lib.best_eval(workdir / "metrics.jsonl"),
-      metrics_path=str(workdir / "metrics.jsonl"), events_dir=None):
+      metrics_path=str(workdir / "metrics.jsonl"),
+      events_dir=str(workdir / _EVENTS)):
     logging.info("%s", line)
   return summary
+
+
+_EVENTS = "tensorboard"
+
+
+class _Writers:
+  """metrics.jsonl and the TensorBoard events (`<workdir>/tensorboard`),
+  written together: a record metrics.jsonl already has is skipped in both."""
+
+  def __init__(self, workdir: pathlib.Path, resume_step: int):
+    self._jsonl = metrics_lib.JsonlWriter(workdir / "metrics.jsonl",
+                                          resume_step=resume_step)
+    self._events = event_writer.EventWriter(
+        workdir / _EVENTS, enabled=jax.process_index() == 0,
+        resume_step=resume_step or None)
+
+  def write(self, step: int, values: dict[str, float]) -> None:
+    if self._jsonl.write(step, values):
+      self._events.write_scalars(step, values)
+
+  def __enter__(self) -> "_Writers":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._events.close()
+
+
+class _Speed:
+  """Useful FLOPs per step (the objective's matmuls, forward and backward)
+  and the devices' peak, for the MFU of each logging interval."""
+
+  def __init__(self, par, config: ml_collections.ConfigDict):
+    matmuls = par.task.objective.matmuls(config.train.batch_size,
+                                         config.data.seq_len)
+    self.flops_per_step = 3.0 * sum(mm.flops for mm in matmuls)
+    self._devices = par.num_devices
+    self.peak, self._source = peaks.peak_flops_per_device()
+
+  def describe_peak(self) -> str:
+    return (f"{self.peak / 1e12:,.3g} TFLOP/s per device "
+            f"({self._source})")
+
+  def mfu(self, steps_per_s: float) -> float:
+    return peaks.mfu(self.flops_per_step, steps_per_s, self._devices,
+                     self.peak)
 
 
 def make_workdir(workdir: str | os.PathLike) -> pathlib.Path:
@@ -213,7 +263,7 @@ def write_config(config: ml_collections.ConfigDict,
 
 
 def _train_loop(config, par, state, start, next_index, data, checkpointer,
-                writer) -> dict[str, float]:
+                writer, speed) -> dict[str, float]:
   """Steps from `start` to the end, logging, evaluating and checkpointing.
 
   `next_index` is the data stream position of step `start`'s batch.
@@ -239,6 +289,8 @@ def _train_loop(config, par, state, start, next_index, data, checkpointer,
         logging.info("First step (with compilation) took %.1fs", seconds)
       if meter.has_pending and (done % t.log_every == 0 or done == num_steps):
         summary = _interval_summary(meter, schedule, done, num_steps)
+        if "steps_per_s" in summary:
+          summary["mfu"] = speed.mfu(summary["steps_per_s"])
         _log(done, num_steps, summary)
         writer.write(done, summary)
         progress.report(summary)
