@@ -27,7 +27,6 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from mlm_jax import config as config_lib
@@ -36,25 +35,21 @@ from mlm_jax import objectives
 from mlm_jax import optim
 from mlm_jax import parallel
 from mlm_jax import step as step_lib
-from mlm_jax import tokenizer as tok
+from mlm_jax import synthetic
 from mlm_jax import train
 
 
 Matmul = flops.Matmul
 
 
-def synthetic_word_starts(vocab_size: int, seed: int = 0) -> np.ndarray:
-  """A [vocab_size] word-start table for timing whole-word masking without
-  a tokenizer: two pieces in three start a word, as in the offline corpus's
-  (0.68); the step's cost does not depend on which."""
-  starts = np.random.default_rng(seed).random(vocab_size) < 2 / 3
-  starts[:tok.NUM_SPECIAL_TOKENS] = True
-  return starts
-
-
 def build_task(config: ml_collections.ConfigDict) -> step_lib.Task:
   """`train.build_task` with a synthetic word-start table."""
-  return train.build_task(config, synthetic_word_starts(config.vocab_size))
+  return train.build_task(config, synthetic.word_starts(config.vocab_size))
+
+
+def build_objective(config: ml_collections.ConfigDict) -> objectives.Objective:
+  """`objectives.build` with a synthetic word-start table."""
+  return objectives.build(config, synthetic.word_starts(config.vocab_size))
 
 
 def step_matmuls(config: ml_collections.ConfigDict,
@@ -66,15 +61,15 @@ def step_matmuls(config: ml_collections.ConfigDict,
   weighted values per head, output projection, feed-forward) and the MLM
   head at the masked positions only. Embedding lookups are not matmuls.
   """
-  objective = objectives.build(config,
-                               synthetic_word_starts(config.vocab_size))
-  return objective.matmuls(batch_size or config.train.batch_size,
-                           config.data.seq_len)
+  return build_objective(config).matmuls(
+      batch_size or config.train.batch_size, config.data.seq_len)
 
 
-def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
-  """Useful FLOPs of one training step (forward + backward = 3x forward)."""
-  return 3.0 * sum(mm.flops for mm in step_matmuls(config))
+def flops_per_step(config: ml_collections.ConfigDict) -> float:
+  """`flops.train_flops_per_step` of the config's objective and batch."""
+  return flops.train_flops_per_step(build_objective(config),
+                                    config.train.batch_size,
+                                    config.data.seq_len)
 
 
 def _best_seconds(fn, *args, repeats: int) -> float:
@@ -262,27 +257,6 @@ def kernel_bound(config: ml_collections.ConfigDict, *, rounds: int = 3,
   return KernelBound(min(matmul_s), min(optimizer_s), tuple(peaks))
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0):
-  """A full-length host batch of random ordinary tokens.
-
-  With `data.packing=pairs`, sentence pairs [CLS] A [SEP] B [SEP] with A
-  ending at a random point of the middle half, and segment ids 0 then 1.
-  """
-  b, l = config.train.batch_size, config.data.seq_len
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(tok.NUM_SPECIAL_TOKENS, config.vocab_size,
-                        (b, l)).astype(np.int32)
-  tokens[:, 0], tokens[:, -1] = tok.CLS_ID, tok.SEP_ID
-  segments = np.zeros_like(tokens)
-  if config.data.packing == "pairs":
-    cut = rng.integers(l // 4, 3 * l // 4, b)
-    tokens[np.arange(b), cut] = tok.SEP_ID
-    segments = (np.arange(l)[None, :] > cut[:, None]).astype(np.int32)
-  return {"tokens": tokens, "segment_ids": segments,
-          "positions": np.tile(np.arange(l, dtype=np.int32), (b, 1)),
-          "example_id": np.arange(b, dtype=np.uint32)}
-
-
 def compile_step(config: ml_collections.ConfigDict):
   """Our training step of `config` on a synthetic batch, compiled.
 
@@ -293,7 +267,7 @@ def compile_step(config: ml_collections.ConfigDict):
   par = parallel.make_parallel(config.parallel.mode, build_task(config),
                                config.data.seq_len, config.parallel.fsdp)
   state = par.init_state()
-  batch = par.put_batch(synthetic_batch(config))
+  batch = par.put_batch(synthetic.batch(config))
   # Initialisation runs asynchronously: at base it would still be running
   # on both cores while the step traces, and its time would count as ours.
   jax.block_until_ready((state, batch))
@@ -353,7 +327,7 @@ def step_timing(config: ml_collections.ConfigDict, times: list[float],
   `peak_memory_gb` if given, else this process's peak so far.
   """
   median = statistics.median(times)
-  flops = train_flops_per_step(config)
+  useful = flops_per_step(config)
   bound_peaks = bound.peak_samples if bound else ()
   peak = peak_flops or max([*peak_samples, *bound_peaks, matmul_peak_flops()])
   tokens = config.train.batch_size * config.data.seq_len
@@ -362,11 +336,11 @@ def step_timing(config: ml_collections.ConfigDict, times: list[float],
   return StepTiming(
       step_median=median, step_times=times, tokens_per_s=tokens / median,
       lower_seconds=lower_seconds, compile_seconds=compile_seconds,
-      flops_per_step=flops, peak_flops=peak, mfu=flops / median / peak,
+      flops_per_step=useful, peak_flops=peak, mfu=useful / median / peak,
       peak_host_memory_gb=peak_memory_gb,
       matmul_seconds=bound.matmul_seconds if bound else None,
       optimizer_seconds=bound.optimizer_seconds if bound else None,
-      mfu_bound=(flops / (bound.matmul_seconds + bound.optimizer_seconds)
+      mfu_bound=(useful / (bound.matmul_seconds + bound.optimizer_seconds)
                  / peak if bound else None))
 
 

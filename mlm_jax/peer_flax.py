@@ -25,6 +25,7 @@ from flax.training import train_state
 
 from mlm_jax import benchmark
 from mlm_jax import peers
+from mlm_jax import synthetic
 from mlm_jax import tokenizer as tok
 
 
@@ -172,7 +173,7 @@ def time_hf_flax(config: ml_collections.ConfigDict, *, steps: int = 10,
   see `peers.run_in_subprocess`.
   """
   from mlm_jax import peer_flax_objectives  # pylint: disable=import-outside-toplevel
-  host = benchmark.synthetic_batch(config)
+  host = synthetic.batch(config)
   peer = peer_flax_objectives.build(config, host)
   if peer is None:
     state, train_step, dropout_rng = build_hf_flax(config)

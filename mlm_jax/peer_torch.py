@@ -16,6 +16,7 @@ import numpy as np
 
 from mlm_jax import benchmark
 from mlm_jax import peers
+from mlm_jax import synthetic
 from mlm_jax import tokenizer as tok
 
 
@@ -108,7 +109,7 @@ def time_hf_torch(config: ml_collections.ConfigDict, *, steps: int = 10,
   torch = peers.require("torch")
   peer = build_hf_torch(config)
   tokens = torch.from_numpy(
-      benchmark.synthetic_batch(config)["tokens"].astype(np.int64))
+      synthetic.batch(config)["tokens"].astype(np.int64))
   special = torch.from_numpy(peers.special_tokens_mask(tokens.numpy()))
   clip = config.optim.grad_clip
   torch_train_step(peer, torch_batch(peer, tokens, special), clip)  # warm-up

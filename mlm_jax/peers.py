@@ -12,7 +12,7 @@ BERT in its two forms:
 
 Host masking is inside each timed step: it is part of their step as users run
 it (ours masks on device). Useful FLOPs, and so MFU, are
-`benchmark.train_flops_per_step` (MLM head at the masked positions only) for
+`flops.train_flops_per_step` (MLM head at the masked positions only) for
 every contender: MFU compares useful work per second, not work done.
 
 A process's peak RSS covers all it ever ran, so peak host memory compares

@@ -12,6 +12,7 @@ from configs_loader import load_config
 from mlm_jax import benchmark
 from mlm_jax import parallel
 from mlm_jax import step as step_lib
+from mlm_jax import synthetic
 from mlm_jax import train
 
 
@@ -32,11 +33,11 @@ def test_useful_flops_agree_with_xla_count_of_the_step(size):
   cfg.model.scan_layers = False
   task = train.build_task(cfg)
   state = jax.eval_shape(functools.partial(step_lib.init_state, task, 32))
-  batch = benchmark.synthetic_batch(cfg)
+  batch = synthetic.batch(cfg)
   step = jax.jit(functools.partial(step_lib.train_step, task=task))
   cost = step.lower(state, batch).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  ratio = cost["flops"] / benchmark.train_flops_per_step(cfg)
+  ratio = cost["flops"] / benchmark.flops_per_step(cfg)
   assert 0.95 < ratio < 1.25, ratio
 
 
@@ -75,7 +76,7 @@ def test_matmul_seconds_times_each_matmul_of_every_micro_batch(monkeypatch,
   cfg.train.batch_size = 4 * jax.device_count()
   cfg.train.accum_steps = accum
   assert benchmark.matmul_seconds(cfg) == pytest.approx(
-      benchmark.train_flops_per_step(cfg) / jax.device_count() * 1e-12)
+      benchmark.flops_per_step(cfg) / jax.device_count() * 1e-12)
   assert len(set(forms)) == 3 and len(forms) == 3 * len(
       benchmark.step_matmuls(cfg))
 
@@ -148,7 +149,7 @@ def test_step_matmuls_name_every_useful_flop():
   assert (mms["qkv"].m, mms["qkv"].k, mms["qkv"].n) == (512, 768, 2304)
   assert (mms["attention scores"].batch, mms["attention scores"].k) == (48, 64)
   assert mms["vocabulary projection"].m == 4 * 20
-  assert benchmark.train_flops_per_step(cfg) == pytest.approx(279.7e9,
+  assert benchmark.flops_per_step(cfg) == pytest.approx(279.7e9,
                                                               rel=1e-3)
 
 
@@ -163,7 +164,7 @@ def test_time_train_step_compiles_the_step_once():
   try:
     par = parallel.make_parallel(cfg.parallel.mode, train.build_task(cfg),
                                  cfg.data.seq_len, cfg.parallel.fsdp)
-    par.put_batch(benchmark.synthetic_batch(cfg))
+    par.put_batch(synthetic.batch(cfg))
     jax.block_until_ready(par.init_state())
     setup = len(compiles)
     benchmark.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11,

@@ -23,6 +23,7 @@ from mlm_jax import hostenv  # noqa: E402
 from mlm_jax import peer_flax  # noqa: E402
 from mlm_jax import peer_torch  # noqa: E402
 from mlm_jax import peers  # noqa: E402
+from mlm_jax import synthetic  # noqa: E402
 from mlm_jax import tokenizer as tok  # noqa: E402
 
 
@@ -77,7 +78,7 @@ def check_masking(tokens, input_ids, labels, cfg):
 def test_host_masking_matches_run_mlm_flax_rates():
   cfg = tiny()
   cfg.train.batch_size = 2000  # 60,000 maskable positions
-  tokens = benchmark.synthetic_batch(cfg)["tokens"]
+  tokens = synthetic.batch(cfg)["tokens"]
   before = tokens.copy()
   input_ids, labels = peer_flax.mask_tokens(
       tokens, peers.special_tokens_mask(tokens), cfg,
@@ -167,7 +168,7 @@ def test_torch_collator_masking_rates():
   cfg.train.batch_size = 2000
   peer = peer_torch.build_hf_torch(cfg)
   tokens = torch.from_numpy(
-      benchmark.synthetic_batch(cfg)["tokens"].astype(np.int64))
+      synthetic.batch(cfg)["tokens"].astype(np.int64))
   special = torch.from_numpy(peers.special_tokens_mask(tokens.numpy()))
   batch = peer_torch.torch_batch(peer, tokens, special)
   check_masking(tokens.numpy(), batch["input_ids"].numpy(),
@@ -178,7 +179,7 @@ def check_timing(t, cfg, compiled):
   assert len(t.step_times) == 3 and t.step_median in t.step_times
   tokens = cfg.train.batch_size * cfg.data.seq_len
   assert t.tokens_per_s == pytest.approx(tokens / t.step_median)
-  assert t.flops_per_step == benchmark.train_flops_per_step(cfg)
+  assert t.flops_per_step == benchmark.flops_per_step(cfg)
   assert t.mfu == pytest.approx(t.flops_per_step / t.step_median / 1e11)
   assert (t.lower_seconds > 0 and t.compile_seconds > 0) == compiled
   assert t.peak_host_memory_gb > 0
@@ -249,7 +250,7 @@ def test_host_pairs_make_bert_and_albert_negatives():
   cfg = tiny()
   cfg.data.packing = "pairs"
   cfg.train.batch_size = 64
-  batch = benchmark.synthetic_batch(cfg)
+  batch = synthetic.batch(cfg)
   for kind in ("nsp", "sop"):
     tokens, segments, labels = objective_peers.host_pairs(
         batch["tokens"], batch["segment_ids"], kind, 0.5,
