@@ -14,9 +14,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mlm_jax import bench_report
 from mlm_jax import cli
 from mlm_jax import hostenv
+from mlm_jax.bench import report
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, with variants after ':'.", lock_config=True)
@@ -31,7 +31,7 @@ def main(argv):
   cli.quiet_library_logs()
   with cli.one_line_errors():
     hostenv.use_allocator(_CONFIG.value.host.allocator)
-    print(bench_report.run(_CONFIG.value, _WORKDIR.value))
+    print(report.run(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":

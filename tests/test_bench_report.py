@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from configs_loader import load_config
-from mlm_jax import bench_report
 from mlm_jax import config as config_lib
+from mlm_jax.bench import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def rows(table):
 
 
 def test_ratios_are_against_our_plain_step_of_the_same_shape():
-  table = bench_report.format_table([
+  table = report.format_table([
       record("ours", "tiny", 3000.0), record("flax", "tiny", 1000.0),
       record("ours", "base", 200.0, remat="full"),
       record("ours", "base", 250.0), record("torch", "base", 500.0),
@@ -55,7 +55,7 @@ def test_ratios_are_against_our_plain_step_of_the_same_shape():
 
 
 def test_the_mfu_bound_shows_where_it_was_measured():
-  table = bench_report.format_table([
+  table = report.format_table([
       record("ours", "base", 250.0, mfu_bound=0.8125),
       record("flax", "base", 125.0, mfu_bound=None), record("ours", "tiny", 9.0)])
   assert [(r[2], r[9], r[10]) for r in rows(table)] == [
@@ -64,16 +64,16 @@ def test_the_mfu_bound_shows_where_it_was_measured():
 
 def test_run_appends_records_and_rewrites_the_table(tmp_path):
   cfg = small_config()
-  first = bench_report.run(cfg, str(tmp_path))
+  first = report.run(cfg, str(tmp_path))
   assert rows(first)[0][:3] == ["tiny", "4 x 32", "ours"]
   cfg.model.remat = "full"
-  bench_report.run(cfg, str(tmp_path))
-  lines = (tmp_path / bench_report.RECORDS).read_text().splitlines()
+  report.run(cfg, str(tmp_path))
+  lines = (tmp_path / report.RECORDS).read_text().splitlines()
   records = [json.loads(line) for line in lines]
   assert [r["remat"] for r in records] == ["none", "full"]
   assert all(r["kind"] == "ours" and len(r["step_times"]) == 2
              for r in records)
-  table = rows((tmp_path / bench_report.TABLE).read_text())
+  table = rows((tmp_path / report.TABLE).read_text())
   assert [r[3] for r in table] == ["", "remat=full"]
   assert not list(tmp_path.glob("*.tmp"))
 
@@ -82,16 +82,16 @@ def test_unknown_peer_is_a_config_error():
   with pytest.raises(config_lib.ConfigError,
                      match=r"config\.benchmark\.peers: unknown peer\(s\) "
                            r"\['jax'\]"):
-    bench_report.measure(small_config(peers="flax,jax"))
+    report.measure(small_config(peers="flax,jax"))
 
 
 def test_missing_peer_package_names_the_extra(monkeypatch):
-  real = bench_report.importlib.util.find_spec
-  monkeypatch.setattr(bench_report.importlib.util, "find_spec",
+  real = report.importlib.util.find_spec
+  monkeypatch.setattr(report.importlib.util, "find_spec",
                       lambda m: None if m == "transformers" else real(m))
   with pytest.raises(config_lib.ConfigError,
                      match=r"needs transformers.*\.\[bench\]"):
-    bench_report.measure(small_config(peers="flax"))
+    report.measure(small_config(peers="flax"))
 
 
 def test_launcher_reports_a_bad_peer_in_one_line(tmp_path):
@@ -110,14 +110,14 @@ def test_unknown_peer_allocator_is_a_config_error():
   with pytest.raises(config_lib.ConfigError,
                      match=r"config\.benchmark\.peer_allocator: unknown "
                            r"allocator 'mimalloc'"):
-    bench_report.measure(small_config(peers="flax", peer_allocator="mimalloc"))
+    report.measure(small_config(peers="flax", peer_allocator="mimalloc"))
 
 
 def test_objectives_are_timed_interleaved_against_the_configs_own(tmp_path):
   cfg = small_config(objectives="span,nsp,electra", repeats=3, steps=1)
-  table = bench_report.run(cfg, str(tmp_path))
+  table = report.run(cfg, str(tmp_path))
   records = [json.loads(line) for line in
-             (tmp_path / bench_report.RECORDS).read_text().splitlines()]
+             (tmp_path / report.RECORDS).read_text().splitlines()]
   assert [r["objective"] for r in records] == ["mlm", "span", "nsp",
                                                "electra"]
   assert all(r["kind"] == "objective" and len(r["step_times"]) == 3
@@ -129,7 +129,7 @@ def test_objectives_are_timed_interleaved_against_the_configs_own(tmp_path):
 
 
 def test_objective_variants_set_what_each_needs():
-  from mlm_jax import bench_objectives
+  from mlm_jax.bench import objectives as bench_objectives
   cfg = small_config()
   cfg.masking.mask_prob = 0.85
   nsp = bench_objectives.variant(cfg, "nsp")
@@ -143,4 +143,4 @@ def test_objective_variants_set_what_each_needs():
     config_lib.validate(bench_objectives.variant(cfg, name), num_devices=4)
   with pytest.raises(config_lib.ConfigError,
                      match=r"config.benchmark.objectives: unknown \['bart'\]"):
-    bench_report.measure(small_config(objectives="nsp,bart"))
+    report.measure(small_config(objectives="nsp,bart"))

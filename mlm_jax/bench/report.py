@@ -22,11 +22,12 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from mlm_jax import bench_objectives
-from mlm_jax import benchmark
 from mlm_jax import config as config_lib
 from mlm_jax import hostenv
-from mlm_jax import peers
+from mlm_jax.bench import hf
+from mlm_jax.bench import objectives as bench_objectives
+from mlm_jax.bench import peers
+from mlm_jax.bench import timing
 
 RECORDS = "benchmark.jsonl"
 TABLE = "benchmark.md"
@@ -71,7 +72,7 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   if kinds and missing:
     raise config_lib.ConfigError(
         f"config.benchmark.peers={b.peers!r} needs {', '.join(missing)}, "
-        f"which is not installed; {peers.INSTALL_HINT}.")
+        f"which is not installed; {hf.INSTALL_HINT}.")
   fields = config_fields(config)
   if b.objectives:
     if kinds:
@@ -83,11 +84,11 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
             for record in bench_objectives.time_objectives(
                 config, steps=b.steps, rounds=b.repeats)]
   if not kinds:
-    timing = benchmark.time_train_step(config, steps=b.steps,
-                                       repeats=b.repeats)
+    measured = timing.time_train_step(config, steps=b.steps,
+                                      repeats=b.repeats)
     return [{**fields, "kind": "ours",
              "allocator": hostenv.loaded_allocator(),
-             **dataclasses.asdict(timing)}]
+             **dataclasses.asdict(measured)}]
   results = peers.compare(
       config, kinds=["ours", *kinds], steps=b.steps, repeats=b.repeats,
       allocators={k: b.peer_allocator for k in kinds})
@@ -125,7 +126,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
 
   'MFU bound' is the MFU of a step that took only as long as its matmuls
   (forward and both gradients) and its optimizer update, each timed alone
-  (`benchmark.matmul_seconds`, `benchmark.optimizer_seconds`); blank where
+  (`timing.matmul_seconds`, `timing.optimizer_seconds`); blank where
   not measured (peers).
 
   'Plain' is the first 'ours' record of the same size, batch, length and

@@ -303,7 +303,7 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
   times, peaks = time_repeats(run, steps=steps, repeats=repeats,
                               sample_peak=peak_flops is None)
   memory_gb = peak_host_memory_gb()
-  del state, batch, metrics  # the bound's work is timed without them
+  state = batch = metrics = None  # the bound's work is timed without them
   bound = (kernel_bound(config, sample_peak=peak_flops is None)
            if matmul_bound else None)
   return step_timing(config, times, lower_seconds, compile_seconds,

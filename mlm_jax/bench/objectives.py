@@ -21,10 +21,10 @@ from typing import Any
 import jax
 import ml_collections
 
-from mlm_jax import benchmark
 from mlm_jax import config as config_lib
 from mlm_jax import masking
 from mlm_jax import objectives
+from mlm_jax.bench import timing
 
 PAIR_OBJECTIVES = ("nsp", "sop")
 
@@ -81,10 +81,10 @@ def time_objectives(config: ml_collections.ConfigDict, *, steps: int,
   MFU, lowering and compile time, and `cost`: the median over rounds of
   its step time over the baseline's."""
   steps_by_name, configs = {}, {}
-  peak_samples = [benchmark.matmul_peak_flops()]
+  peak_samples = [timing.matmul_peak_flops()]
   for name in names(config):
     cfg = configs[name] = variant(config, name)
-    compiled, state, batch, lower, compile_ = benchmark.compile_step(cfg)
+    compiled, state, batch, lower, compile_ = timing.compile_step(cfg)
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     steps_by_name[name] = {"compiled": compiled, "state": state,
@@ -97,18 +97,18 @@ def time_objectives(config: ml_collections.ConfigDict, *, steps: int,
         s["state"], metrics = s["compiled"](s["state"], s["batch"])
       jax.block_until_ready(metrics)
       s["times"].append((time.perf_counter() - start) / steps)
-    peak_samples.append(benchmark.matmul_peak_flops(repeats=2))
+    peak_samples.append(timing.matmul_peak_flops(repeats=2))
   base = next(iter(steps_by_name.values()))["times"]
   peak = max(peak_samples)
   records = []
   for name, s in steps_by_name.items():
-    timing = benchmark.step_timing(configs[name], s["times"], s["lower"],
-                                   s["compile"], peak, peak_memory_gb=0.0)
+    measured = timing.step_timing(configs[name], s["times"], s["lower"],
+                                  s["compile"], peak, peak_memory_gb=0.0)
     records.append({
-        "objective": name, "step_median": timing.step_median,
-        "step_times": s["times"], "tokens_per_s": timing.tokens_per_s,
+        "objective": name, "step_median": measured.step_median,
+        "step_times": s["times"], "tokens_per_s": measured.tokens_per_s,
         "lower_seconds": s["lower"], "compile_seconds": s["compile"],
-        "flops_per_step": timing.flops_per_step, "peak_flops": peak,
-        "mfu": timing.mfu,
+        "flops_per_step": measured.flops_per_step, "peak_flops": peak,
+        "mfu": measured.mfu,
         "cost": statistics.median(t / b for t, b in zip(s["times"], base))})
   return records
