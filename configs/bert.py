@@ -187,23 +187,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # or 'system' (glibc: slowest). Figures in README.md.
   config.host.allocator = "jemalloc"
 
-  config.benchmark = ml_collections.ConfigDict()
-  # experiments/benchmark.py: timed repeats (the step time is their
-  # median) of this many steps each.
-  config.benchmark.repeats = 5
-  config.benchmark.steps = 10
-  # Hugging Face peers timed in the same run, comma-separated: 'flax'
-  # (FlaxBertForMaskedLM, as run_mlm_flax.py trains it), 'torch'
-  # (BertForMaskedLM, as Trainer does). Needs the 'bench' extra.
-  config.benchmark.peers = ""
-  # The peers' allocator: 'system' (as their users run them), 'jemalloc'
-  # or 'tcmalloc'.
-  config.benchmark.peer_allocator = "system"
-  # Steps timed in this process, interleaved with the config's own, for
-  # what each costs next to it, comma-separated: objectives ('nsp',
-  # 'electra', ...) or masking strategies ('whole_word', 'span').
-  config.benchmark.objectives = ""
-
   if variant.bench:
     # The peer benchmark's shape: BERT's vocabulary and sequence length, and
     # per size the batch that fits a 2-core CPU step in about a second.

@@ -1,4 +1,5 @@
 """The benchmark launcher's records and table."""
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -13,11 +14,17 @@ from mlm_jax.bench import report
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def small_config(**benchmark):
+QUICK = report.Settings(steps=2, repeats=2)
+
+
+def small_config():
   cfg = load_config("size=tiny,runlocal")
   cfg.train.batch_size, cfg.data.seq_len, cfg.vocab_size = 4, 32, 512
-  cfg.benchmark.update({"steps": 2, "repeats": 2, **benchmark})
   return cfg
+
+
+def quick(**settings):
+  return dataclasses.replace(QUICK, **settings)
 
 
 def record(kind, size, tokens_per_s, **fields):
@@ -64,10 +71,10 @@ def test_the_mfu_bound_shows_where_it_was_measured():
 
 def test_run_appends_records_and_rewrites_the_table(tmp_path):
   cfg = small_config()
-  first = report.run(cfg, str(tmp_path))
+  first = report.run(cfg, str(tmp_path), QUICK)
   assert rows(first)[0][:3] == ["tiny", "4 x 32", "ours"]
   cfg.model.remat = "full"
-  report.run(cfg, str(tmp_path))
+  report.run(cfg, str(tmp_path), QUICK)
   lines = (tmp_path / report.RECORDS).read_text().splitlines()
   records = [json.loads(line) for line in lines]
   assert [r["remat"] for r in records] == ["none", "full"]
@@ -80,9 +87,8 @@ def test_run_appends_records_and_rewrites_the_table(tmp_path):
 
 def test_unknown_peer_is_a_config_error():
   with pytest.raises(config_lib.ConfigError,
-                     match=r"config\.benchmark\.peers: unknown peer\(s\) "
-                           r"\['jax'\]"):
-    report.measure(small_config(peers="flax,jax"))
+                     match=r"--peers: unknown peer\(s\) \['jax'\]"):
+    report.measure(small_config(), quick(peers=("flax", "jax")))
 
 
 def test_missing_peer_package_names_the_extra(monkeypatch):
@@ -91,31 +97,38 @@ def test_missing_peer_package_names_the_extra(monkeypatch):
                       lambda m: None if m == "transformers" else real(m))
   with pytest.raises(config_lib.ConfigError,
                      match=r"needs transformers.*\.\[bench\]"):
-    report.measure(small_config(peers="flax"))
+    report.measure(small_config(), quick(peers=("flax",)))
 
 
 def test_launcher_reports_a_bad_peer_in_one_line(tmp_path):
   proc = subprocess.run(
       [sys.executable, "experiments/benchmark.py",
        "--config=configs/bert.py:size=tiny,runlocal",
-       "--config.benchmark.peers=tf", "--config.host.allocator=system",
+       "--peers=tf", "--config.host.allocator=system",
        f"--workdir={tmp_path}"], capture_output=True, text=True,
       check=False, cwd=ROOT)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith(
-      "error: config.benchmark.peers: unknown peer(s) ['tf']"), proc.stderr
+      "error: --peers: unknown peer(s) ['tf']"), proc.stderr
+
+
+def test_the_run_config_holds_no_benchmark_settings():
+  # How to measure is the launcher's (its flags: report.Settings).
+  for arg in ("size=tiny,runlocal", "size=small,bench"):
+    assert "benchmark" not in load_config(arg)
 
 
 def test_unknown_peer_allocator_is_a_config_error():
   with pytest.raises(config_lib.ConfigError,
-                     match=r"config\.benchmark\.peer_allocator: unknown "
-                           r"allocator 'mimalloc'"):
-    report.measure(small_config(peers="flax", peer_allocator="mimalloc"))
+                     match=r"--peer_allocator: unknown allocator "
+                           r"'mimalloc'"):
+    report.measure(small_config(),
+                   quick(peers=("flax",), peer_allocator="mimalloc"))
 
 
 def test_objectives_are_timed_interleaved_against_the_configs_own(tmp_path):
-  cfg = small_config(objectives="span,nsp,electra", repeats=3, steps=1)
-  table = report.run(cfg, str(tmp_path))
+  table = report.run(small_config(), str(tmp_path), quick(
+      objectives=("span", "nsp", "electra"), repeats=3, steps=1))
   records = [json.loads(line) for line in
              (tmp_path / report.RECORDS).read_text().splitlines()]
   assert [r["objective"] for r in records] == ["mlm", "span", "nsp",
@@ -142,5 +155,5 @@ def test_objective_variants_set_what_each_needs():
   for name in ("nsp", "span", "causal_lm", "electra"):
     config_lib.validate(bench_objectives.variant(cfg, name), num_devices=4)
   with pytest.raises(config_lib.ConfigError,
-                     match=r"config.benchmark.objectives: unknown \['bart'\]"):
-    report.measure(small_config(objectives="nsp,bart"))
+                     match=r"--objectives: unknown \['bart'\]"):
+    report.measure(small_config(), quick(objectives=("nsp", "bart")))

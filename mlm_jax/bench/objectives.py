@@ -1,10 +1,10 @@
 """What each objective's step costs next to BERT's MLM step, interleaved.
 
-`config.benchmark.objectives` names steps to compare with the config's own
-(the baseline): objectives ('nsp', 'electra', ...) and masking strategies
-('whole_word', 'span'). All are built and compiled in this process, then
-timed in rounds: each round runs `benchmark.steps` steps of every one in
-turn, so a drift of the machine's speed (10-20% over minutes on the 2-core
+The benchmark's `--objectives` names steps to compare with the config's
+own (the baseline): objectives ('nsp', 'electra', ...) and masking
+strategies ('whole_word', 'span'). All are built and compiled in this
+process, then timed in rounds: each round runs `--steps` steps of every one
+in turn, so a drift of the machine's speed (10-20% over minutes on the 2-core
 VM) falls on all of them alike. The cost of a step is the median over
 rounds of its time / the baseline's time in the same round.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -29,15 +29,14 @@ from mlm_jax.bench import timing
 PAIR_OBJECTIVES = ("nsp", "sop")
 
 
-def names(config: ml_collections.ConfigDict) -> list[str]:
+def names(config: ml_collections.ConfigDict,
+          asked: Sequence[str]) -> list[str]:
   """The steps to compare, the baseline first; ConfigError if unknown."""
-  asked = [n.strip() for n in config.benchmark.objectives.split(",")
-           if n.strip()]
   known = [*objectives.REGISTRY, *masking.STRATEGIES[1:]]
   unknown = [n for n in asked if n not in known]
   if unknown:
     raise config_lib.ConfigError(
-        f"config.benchmark.objectives: unknown {unknown}; use objectives "
+        f"--objectives: unknown {unknown}; use objectives "
         f"({', '.join(objectives.REGISTRY)}) or masking strategies "
         f"({', '.join(masking.STRATEGIES[1:])}), comma-separated.")
   return [label(config), *[n for n in asked if n != label(config)]]
@@ -75,14 +74,14 @@ def variant(config: ml_collections.ConfigDict,
   return out
 
 
-def time_objectives(config: ml_collections.ConfigDict, *, steps: int,
-                    rounds: int) -> list[dict[str, Any]]:
-  """One record per step of `names(config)`: its median step time, tokens/s,
-  MFU, lowering and compile time, and `cost`: the median over rounds of
-  its step time over the baseline's."""
+def time_objectives(config: ml_collections.ConfigDict, asked: Sequence[str],
+                    *, steps: int, rounds: int) -> list[dict[str, Any]]:
+  """One record per step of `names(config, asked)`: its median step time,
+  tokens/s, MFU, lowering and compile time, and `cost`: the median over
+  rounds of its step time over the baseline's."""
   steps_by_name, configs = {}, {}
   peak_samples = [timing.matmul_peak_flops()]
-  for name in names(config):
+  for name in names(config, asked):
     cfg = configs[name] = variant(config, name)
     compiled, state, batch, lower, compile_ = timing.compile_step(cfg)
     state, metrics = compiled(state, batch)
