@@ -4,9 +4,9 @@ The benchmark's `--objectives` names steps to compare with the config's
 own (the baseline): objectives ('nsp', 'electra', ...) and masking
 strategies ('whole_word', 'span'). All are built and compiled in this
 process, then timed in rounds: each round runs `--steps` steps of every one
-in turn, so a drift of the machine's speed (10-20% over minutes on the 2-core
-VM) falls on all of them alike. The cost of a step is the median over
-rounds of its time / the baseline's time in the same round.
+in turn, so a drift of the machine's speed over minutes falls on all of
+them alike. The cost of a step is the median over rounds of its time / the
+baseline's time in the same round.
 
 Pair objectives run on sentence-pair batches (`data.packing=pairs`), the
 others on the config's packing; shapes are the same. Peak host memory is

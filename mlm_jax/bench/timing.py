@@ -8,8 +8,9 @@ synthetic full-length batches (no padding, so every position is work).
 Useful FLOPs per step count what the model must compute, as the objective
 declares them: for BERT's MLM the matmuls of the Transformer layers (QKV,
 attention scores and values, output projection, feed-forward), the MLM head
-at the masked positions only, and 3x for the forward plus backward pass. Embedding lookups and elementwise work are not
-counted. On CPU, MFU is against a matmul peak measured in the same process.
+at the masked positions only, and 3x for the forward plus backward pass.
+Embedding lookups and elementwise work are not counted. On CPU, MFU is
+against a matmul peak measured in the same process.
 The same matmuls, each timed alone at its shape in the three forms a step
 computes (forward, input and weight gradients), and the optimizer update
 timed alone (best of rounds), give the MFU bound: the MFU of a step that
@@ -87,8 +88,8 @@ def _matmul_forms(mm: Matmul, dtype) -> list[tuple[Callable, Any, Any]]:
 
   Forward [b, m, k] @ [b, k, n]; the input gradient [b, m, n] @ [b, k, n]^T
   (contracting the last axes); the weight gradient [b, m, k]^T @ [b, m, n]
-  (contracting the token axis, the form XLA:CPU leaves to Eigen: 0.6-0.9x
-  the forward's speed at BERT-base's shapes on the 2-core VM). Each has
+  (contracting the token axis, the form XLA:CPU leaves to Eigen, slower
+  than the forward at BERT's shapes). Each has
   the forward's FLOPs. Without a batch (`mm.batch` 1) they are 2-D, as the
   step's dense layers compute them.
   """
@@ -182,9 +183,9 @@ def time_repeats(run: Callable[[int], Any], *, steps: int, repeats: int,
 
   `run` returns once its steps are done. With `sample_peak`, the matmul
   peak is also sampled (best of 2) before each call and after the last:
-  a VM's speed drifts (10-20% over minutes on the 2-core one), so a peak
-  measured once, at another moment than the steps, moves MFU and its bound
-  by as much; the best of samples spread over the run is its peak.
+  a VM's speed drifts over minutes, so a peak measured once, at another
+  moment than the steps, moves MFU and its bound by as much; the best of
+  samples spread over the run is its peak.
   Returns (seconds per step of each call, the peak samples in FLOP/s).
   """
   times, peaks = [], []
@@ -241,8 +242,8 @@ def kernel_bound(config: ml_collections.ConfigDict, *, rounds: int = 3,
   """`matmul_seconds` and `optimizer_seconds` of `config`, best of `rounds`.
 
   The rounds are spread out, with a sample of the matmul peak (best of 2)
-  before each and after the last (with `sample_peak`). A VM's drift (10-20%
-  over minutes on the 2-core one, and seconds-long dips) only ever slows a
+  before each and after the last (with `sample_peak`). A VM's drift (over
+  minutes, and seconds-long dips) only ever slows a
   kernel down, so the best of rounds apart is the kernels' speed; against
   the best peak sample it sets the bound on the same footing as the peak.
   """
