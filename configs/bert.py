@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Dropout on attention probabilities.
   config.model.attention_dropout = 0.1
   # Where dropout's keep-masks come from: 'hash' (a counter hash keyed by
-  # threefry per layer; ~40x cheaper on CPU) or 'threefry' (flax's
+  # threefry per layer; far cheaper on CPU) or 'threefry' (flax's
   # nn.Dropout, jax.random.bernoulli per element).
   config.model.dropout_rng = "hash"
   # LayerNorm before each sub-block (pre-LN) instead of after (BERT).
@@ -106,9 +106,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.dtype = "float32"
   # Run the layers under nn.scan (one compiled layer, stacked parameters)
   # instead of unrolled. Scan compiles once per model whatever its depth;
-  # unrolled steps are faster (CPU, measured: 12% at tiny, 14% at small,
-  # 15-20% at base, none at mini) and compile no slower than Hugging Face's
-  # up to base.
+  # unrolled steps run faster on CPU but compile longer as depth grows, so
+  # models past 12 layers scan (figures: docs/benchmark/).
   config.model.scan_layers = layers > 12
   # Rematerialisation of each layer: 'none', 'full' or 'dots_saveable'.
   config.model.remat = "none"
@@ -173,9 +172,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.parallel = ml_collections.ConfigDict()
   # 'jit': one program over a (data, fsdp) mesh of all devices; 'pmap':
-  # per-device data parallelism. Same results; jit is 12% faster at BERT-base
-  # on one CPU device, with a third less temporary memory (pmap's psum of
-  # the gradients needs buffers of its own).
+  # per-device data parallelism. Same results; on CPU jit is faster and
+  # needs less temporary memory (pmap's psum of the gradients needs buffers
+  # of its own; the benchmark times both: docs/benchmark/).
   config.parallel.mode = "jit"
   # Devices that shard parameters and optimizer state (mode 'jit' only).
   config.parallel.fsdp = 1
@@ -184,25 +183,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Memory allocator of the launcher's process on CPU: 'jemalloc' (with
   # transparent huge pages; re-executes with it preloaded when installed),
   # 'tcmalloc' (as fast, but may keep a second copy of the step's scratch)
-  # or 'system' (glibc: slowest). Figures in README.md.
+  # or 'system' (glibc: slowest). Figures: docs/benchmark/.
   config.host.allocator = "jemalloc"
-
-  config.benchmark = ml_collections.ConfigDict()
-  # experiments/benchmark.py: timed repeats (the step time is their
-  # median) of this many steps each.
-  config.benchmark.repeats = 5
-  config.benchmark.steps = 10
-  # Hugging Face peers timed in the same run, comma-separated: 'flax'
-  # (FlaxBertForMaskedLM, as run_mlm_flax.py trains it), 'torch'
-  # (BertForMaskedLM, as Trainer does). Needs the 'bench' extra.
-  config.benchmark.peers = ""
-  # The peers' allocator: 'system' (as their users run them), 'jemalloc'
-  # or 'tcmalloc'.
-  config.benchmark.peer_allocator = "system"
-  # Steps timed in this process, interleaved with the config's own, for
-  # what each costs next to it, comma-separated: objectives ('nsp',
-  # 'electra', ...) or masking strategies ('whole_word', 'span').
-  config.benchmark.objectives = ""
 
   if variant.bench:
     # The peer benchmark's shape: BERT's vocabulary and sequence length, and

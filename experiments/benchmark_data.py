@@ -17,8 +17,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mlm_jax import benchmark
 from mlm_jax import cli
+from mlm_jax.bench import timing
 from mlm_jax.data import prepare
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,10 +40,10 @@ def main(argv):
     start = time.perf_counter()
     data = prepare.prepare(config)
     prepare_seconds = time.perf_counter() - start
-    loader_rate = benchmark.time_loader(
+    loader_rate = timing.time_loader(
         data.source("train"), global_batch=config.train.batch_size,
         threads=config.data.loader_threads)
-    step = benchmark.time_train_step(config)
+    step = timing.time_train_step(config)
   m = data.manifest
   consumed = config.train.batch_size / step.step_median
   record = {

@@ -2,14 +2,15 @@
 
 Flax's `nn.Dropout` draws one threefry-2x32 output (20 rounds) per element
 through `jax.random.bernoulli`. On CPU that is the largest elementwise cost
-of a BERT step: 15-30 ms per layer at base. Here threefry still makes the
+of a BERT step. Here threefry still makes the
 key of each call (one per layer, step and device, as `make_rng` splits it),
 and each element's bits are a cheap integer hash of its index under that key:
 `lowbias32` (C. Wellons' hash-prospector, an avalanching 32-bit bijection),
 applied as H(H(i + k0) ^ H(H(row + k1) ^ k0)) for the element's flat index i
-within its row of the leading axis. About 40x cheaper than `bernoulli` on CPU, only
-32-bit integer multiplies, xors and shifts (native on TPU and GPU), and the
-mask is the same however the batch is sharded over a mesh.
+within its row of the leading axis. Far cheaper than `bernoulli` on CPU (the
+benchmark times both: `--config.model.dropout_rng=threefry`, docs/benchmark/),
+only 32-bit integer multiplies, xors and shifts (native on TPU and GPU), and
+the mask is the same however the batch is sharded over a mesh.
 
 The drop probability is `rate` rounded to a multiple of 2^-32. Statistical
 properties (rate, independence of neighbours, rows, keys) are tested.

@@ -2,14 +2,19 @@
 
 Each objective lists its step's matmuls (`Objective.matmuls`) from the
 pieces here: the encoder's layers at every position and its heads where they
-run. The benchmark turns them into MFU and times each alone for the MFU
-bound. Embedding lookups and elementwise work are not counted.
+run. `train_flops_per_step` turns them into the FLOPs MFU counts; the
+benchmark also times each alone for the MFU bound. Embedding lookups and
+elementwise work are not counted.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from mlm_jax import model as model_lib
+
+if TYPE_CHECKING:  # objectives list their matmuls with this module
+  from mlm_jax.objectives import base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,3 +60,11 @@ def mlm_head_matmuls(hidden: int, width: int, vocab_size: int,
       Matmul(f"{prefix}vocabulary projection", 1, predictions, width,
              vocab_size, 1),
   ]
+
+
+def train_flops_per_step(objective: base.Objective, batch_size: int,
+                         seq_len: int) -> float:
+  """Useful FLOPs of one training step of `batch_size` sequences of
+  `seq_len` tokens: the objective's forward matmuls, 3x for the forward
+  and backward passes. MFU is these over the step time and the peak."""
+  return 3.0 * sum(mm.flops for mm in objective.matmuls(batch_size, seq_len))

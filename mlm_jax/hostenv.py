@@ -1,20 +1,19 @@
 """The host process of a run: which memory allocator serves XLA's buffers.
 
 On CPU, XLA allocates every step's scratch (activations and gradients: one
-0.68 GB block at BERT-base, batch 4 x 128) afresh and frees it when the step
-ends. glibc's malloc hands blocks that large back to the kernel and takes
-them again on the next step, so each step page-faults its whole scratch in:
-measured (2-core VM, BERT-tiny, batch 32 x 128) 2.4 M minor faults in 26
-steps and a fifth of the step in the kernel. Two preloadable allocators
-avoid that (figures in README.md):
+large block) afresh and frees it when the step ends. glibc's malloc hands
+blocks that large back to the kernel and takes them again on the next step,
+so each step page-faults its whole scratch in, in 4 KiB pages. Two
+preloadable allocators avoid that (the benchmark records which one each
+timing ran on: docs/benchmark/):
 
   tcmalloc  keeps freed pages for reuse, as TPU VM images arrange by
             preloading it. But XLA's CPU runtime frees a step's scratch just
             after it signals the step's outputs, so the next step can
             allocate its own scratch first; tcmalloc then keeps both blocks
-            for good. That happens at a random step of a random run: peak
-            memory at base varies 2.4-3.9 GB between identical runs (with a
-            50 ms pause between steps, 2.45 GB in every run).
+            for good. That happens at a random step of a random run, so
+            peak memory differs between identical runs (a pause between
+            steps avoids it).
   jemalloc  with transparent huge pages (`thp:always`): blocks of 8 MiB and
             more live in an arena of their own that returns them at once,
             so the peak is the step's working set in every run, and they
@@ -162,15 +161,15 @@ def use_allocator(allocator: str) -> None:
     return
   if library is None:
     logging.warning(
-        "%s is not installed, so CPU steps run up to 2x slower on the "
-        "system allocator (README: Set up and run). Install it (%s) or set "
+        "%s is not installed, so CPU steps run slower on the system "
+        "allocator (README: Set up and run). Install it (%s) or set "
         "--config.host.allocator=system to silence this.", allocator,
         install_hint(allocator))
     return
   if allocator == "jemalloc" and thp_mode() == "never":
     logging.warning(
         "Transparent huge pages are off (%s), so jemalloc faults each step's "
-        "scratch back in 4 KiB pages, ~35%% slower at BERT-base; set "
+        "scratch back in 4 KiB pages, slowing CPU steps; set "
         "--config.host.allocator=tcmalloc for speed, or enable them (echo "
         "madvise > %s).", _THP, _THP)
   sys.stdout.flush()

@@ -120,8 +120,8 @@ def _draws(key, tokens, max_predictions, rate, vocab_size, num_special):
   position, a uniform per slot (the 80/10/10 action), a replacement id per
   slot; and the candidates and how many of them to mask."""
   length = tokens.shape[0]
-  # One draw of random bits serves all three uses: each threefry call costs
-  # about 0.7 s of XLA compile time on CPU, the bits themselves nothing.
+  # One draw of random bits serves all three uses: each threefry call adds
+  # to XLA's compile time on CPU, the bits themselves cost nothing.
   bits = jax.random.bits(key, (length + 2 * max_predictions,), jnp.uint32)
   uniform = _uniform(bits)
   random_ids = _random_ids(bits[length + max_predictions:], vocab_size,

@@ -81,7 +81,7 @@ class PmapParallel(_Wrapper):
   def init_state(self) -> step_lib.TrainState:
     # Initialised directly as the stacked [devices, ...] replicas: a round
     # trip through host memory would hold three copies of the state at once
-    # (+2.6 GB at BERT-base on CPU, where host memory is device memory).
+    # (on CPU, where host memory is device memory).
     n = len(self.devices)
     stack = lambda x: jnp.broadcast_to(x, (n,) + x.shape)
     init = jax.jit(lambda: jax.tree.map(

@@ -1,4 +1,5 @@
 """The benchmark launcher's records and table."""
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -7,17 +8,23 @@ import sys
 import pytest
 
 from configs_loader import load_config
-from mlm_jax import bench_report
 from mlm_jax import config as config_lib
+from mlm_jax.bench import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def small_config(**benchmark):
+QUICK = report.Settings(steps=2, repeats=2)
+
+
+def small_config():
   cfg = load_config("size=tiny,runlocal")
   cfg.train.batch_size, cfg.data.seq_len, cfg.vocab_size = 4, 32, 512
-  cfg.benchmark.update({"steps": 2, "repeats": 2, **benchmark})
   return cfg
+
+
+def quick(**settings):
+  return dataclasses.replace(QUICK, **settings)
 
 
 def record(kind, size, tokens_per_s, **fields):
@@ -36,7 +43,7 @@ def rows(table):
 
 
 def test_ratios_are_against_our_plain_step_of_the_same_shape():
-  table = bench_report.format_table([
+  table = report.format_table([
       record("ours", "tiny", 3000.0), record("flax", "tiny", 1000.0),
       record("ours", "base", 200.0, remat="full"),
       record("ours", "base", 250.0), record("torch", "base", 500.0),
@@ -55,7 +62,7 @@ def test_ratios_are_against_our_plain_step_of_the_same_shape():
 
 
 def test_the_mfu_bound_shows_where_it_was_measured():
-  table = bench_report.format_table([
+  table = report.format_table([
       record("ours", "base", 250.0, mfu_bound=0.8125),
       record("flax", "base", 125.0, mfu_bound=None), record("ours", "tiny", 9.0)])
   assert [(r[2], r[9], r[10]) for r in rows(table)] == [
@@ -64,60 +71,66 @@ def test_the_mfu_bound_shows_where_it_was_measured():
 
 def test_run_appends_records_and_rewrites_the_table(tmp_path):
   cfg = small_config()
-  first = bench_report.run(cfg, str(tmp_path))
+  first = report.run(cfg, str(tmp_path), QUICK)
   assert rows(first)[0][:3] == ["tiny", "4 x 32", "ours"]
   cfg.model.remat = "full"
-  bench_report.run(cfg, str(tmp_path))
-  lines = (tmp_path / bench_report.RECORDS).read_text().splitlines()
+  report.run(cfg, str(tmp_path), QUICK)
+  lines = (tmp_path / report.RECORDS).read_text().splitlines()
   records = [json.loads(line) for line in lines]
   assert [r["remat"] for r in records] == ["none", "full"]
   assert all(r["kind"] == "ours" and len(r["step_times"]) == 2
              for r in records)
-  table = rows((tmp_path / bench_report.TABLE).read_text())
+  table = rows((tmp_path / report.TABLE).read_text())
   assert [r[3] for r in table] == ["", "remat=full"]
   assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_unknown_peer_is_a_config_error():
   with pytest.raises(config_lib.ConfigError,
-                     match=r"config\.benchmark\.peers: unknown peer\(s\) "
-                           r"\['jax'\]"):
-    bench_report.measure(small_config(peers="flax,jax"))
+                     match=r"--peers: unknown peer\(s\) \['jax'\]"):
+    report.measure(small_config(), quick(peers=("flax", "jax")))
 
 
 def test_missing_peer_package_names_the_extra(monkeypatch):
-  real = bench_report.importlib.util.find_spec
-  monkeypatch.setattr(bench_report.importlib.util, "find_spec",
+  real = report.importlib.util.find_spec
+  monkeypatch.setattr(report.importlib.util, "find_spec",
                       lambda m: None if m == "transformers" else real(m))
   with pytest.raises(config_lib.ConfigError,
                      match=r"needs transformers.*\.\[bench\]"):
-    bench_report.measure(small_config(peers="flax"))
+    report.measure(small_config(), quick(peers=("flax",)))
 
 
 def test_launcher_reports_a_bad_peer_in_one_line(tmp_path):
   proc = subprocess.run(
       [sys.executable, "experiments/benchmark.py",
        "--config=configs/bert.py:size=tiny,runlocal",
-       "--config.benchmark.peers=tf", "--config.host.allocator=system",
+       "--peers=tf", "--config.host.allocator=system",
        f"--workdir={tmp_path}"], capture_output=True, text=True,
       check=False, cwd=ROOT)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith(
-      "error: config.benchmark.peers: unknown peer(s) ['tf']"), proc.stderr
+      "error: --peers: unknown peer(s) ['tf']"), proc.stderr
+
+
+def test_the_run_config_holds_no_benchmark_settings():
+  # How to measure is the launcher's (its flags: report.Settings).
+  for arg in ("size=tiny,runlocal", "size=small,bench"):
+    assert "benchmark" not in load_config(arg)
 
 
 def test_unknown_peer_allocator_is_a_config_error():
   with pytest.raises(config_lib.ConfigError,
-                     match=r"config\.benchmark\.peer_allocator: unknown "
-                           r"allocator 'mimalloc'"):
-    bench_report.measure(small_config(peers="flax", peer_allocator="mimalloc"))
+                     match=r"--peer_allocator: unknown allocator "
+                           r"'mimalloc'"):
+    report.measure(small_config(),
+                   quick(peers=("flax",), peer_allocator="mimalloc"))
 
 
 def test_objectives_are_timed_interleaved_against_the_configs_own(tmp_path):
-  cfg = small_config(objectives="span,nsp,electra", repeats=3, steps=1)
-  table = bench_report.run(cfg, str(tmp_path))
+  table = report.run(small_config(), str(tmp_path), quick(
+      objectives=("span", "nsp", "electra"), repeats=3, steps=1))
   records = [json.loads(line) for line in
-             (tmp_path / bench_report.RECORDS).read_text().splitlines()]
+             (tmp_path / report.RECORDS).read_text().splitlines()]
   assert [r["objective"] for r in records] == ["mlm", "span", "nsp",
                                                "electra"]
   assert all(r["kind"] == "objective" and len(r["step_times"]) == 3
@@ -129,7 +142,7 @@ def test_objectives_are_timed_interleaved_against_the_configs_own(tmp_path):
 
 
 def test_objective_variants_set_what_each_needs():
-  from mlm_jax import bench_objectives
+  from mlm_jax.bench import objectives as bench_objectives
   cfg = small_config()
   cfg.masking.mask_prob = 0.85
   nsp = bench_objectives.variant(cfg, "nsp")
@@ -142,5 +155,5 @@ def test_objective_variants_set_what_each_needs():
   for name in ("nsp", "span", "causal_lm", "electra"):
     config_lib.validate(bench_objectives.variant(cfg, name), num_devices=4)
   with pytest.raises(config_lib.ConfigError,
-                     match=r"config.benchmark.objectives: unknown \['bart'\]"):
-    bench_report.measure(small_config(objectives="nsp,bart"))
+                     match=r"--objectives: unknown \['bart'\]"):
+    report.measure(small_config(), quick(objectives=("nsp", "bart")))

@@ -2,6 +2,8 @@
 import dataclasses
 import functools
 import math
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +11,11 @@ import optax
 import pytest
 
 from configs_loader import load_config
-from mlm_jax import benchmark
 from mlm_jax import parallel
 from mlm_jax import step as step_lib
+from mlm_jax import synthetic
 from mlm_jax import train
+from mlm_jax.bench import timing
 
 
 def load(arg):
@@ -32,17 +35,17 @@ def test_useful_flops_agree_with_xla_count_of_the_step(size):
   cfg.model.scan_layers = False
   task = train.build_task(cfg)
   state = jax.eval_shape(functools.partial(step_lib.init_state, task, 32))
-  batch = benchmark.synthetic_batch(cfg)
+  batch = synthetic.batch(cfg)
   step = jax.jit(functools.partial(step_lib.train_step, task=task))
   cost = step.lower(state, batch).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  ratio = cost["flops"] / benchmark.train_flops_per_step(cfg)
+  ratio = cost["flops"] / timing.flops_per_step(cfg)
   assert 0.95 < ratio < 1.25, ratio
 
 
 def test_time_train_step_reports_consistent_figures():
   cfg = load("size=tiny,runlocal")
-  t = benchmark.time_train_step(cfg, steps=2, repeats=3, peak_flops=1e11)
+  t = timing.time_train_step(cfg, steps=2, repeats=3, peak_flops=1e11)
   assert len(t.step_times) == 3 and t.step_median in t.step_times
   assert t.tokens_per_s == pytest.approx(4 * 32 / t.step_median)
   assert t.mfu == pytest.approx(t.flops_per_step / t.step_median / 1e11)
@@ -70,30 +73,30 @@ def test_matmul_seconds_times_each_matmul_of_every_micro_batch(monkeypatch,
     # [batch,] m x k x n from the three operands' sizes.
     batch = out.shape[0] if out.ndim == 3 else 1
     return 2.0 * math.sqrt(a.size * b.size * out.size / batch) * 1e-12
-  monkeypatch.setattr(benchmark, "_best_seconds", fake_seconds)
+  monkeypatch.setattr(timing, "_best_seconds", fake_seconds)
   cfg = load("size=mini,runlocal")
   cfg.train.batch_size = 4 * jax.device_count()
   cfg.train.accum_steps = accum
-  assert benchmark.matmul_seconds(cfg) == pytest.approx(
-      benchmark.train_flops_per_step(cfg) / jax.device_count() * 1e-12)
+  assert timing.matmul_seconds(cfg) == pytest.approx(
+      timing.flops_per_step(cfg) / jax.device_count() * 1e-12)
   assert len(set(forms)) == 3 and len(forms) == 3 * len(
-      benchmark.step_matmuls(cfg))
+      timing.step_matmuls(cfg))
 
 
 def test_matmul_forms_compute_the_forward_and_both_gradients():
-  mm = benchmark.Matmul("m", batch=2, m=5, k=3, n=4, count=1)
+  mm = timing.Matmul("m", batch=2, m=5, k=3, n=4, count=1)
   rng = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(rng[0], (2, 5, 3))
   w = jax.random.normal(rng[1], (2, 3, 4))
   dy = jax.random.normal(rng[2], (2, 5, 4))
-  (fwd, *_), (dx, *_), (dw, *_) = benchmark._matmul_forms(mm, jnp.float32)
+  (fwd, *_), (dx, *_), (dw, *_) = timing._matmul_forms(mm, jnp.float32)
   _, vjp = jax.vjp(jnp.matmul, x, w)
   want_dx, want_dw = vjp(dy)
   assert jnp.allclose(fwd(x, w), x @ w, atol=1e-5)
   assert jnp.allclose(dx(dy, w), want_dx, atol=1e-5)
   assert jnp.allclose(dw(x, dy), want_dw, atol=1e-5)
   # Without a batch the operands are 2-D, as in the dense layers.
-  flat = benchmark._matmul_forms(dataclasses.replace(mm, batch=1),
+  flat = timing._matmul_forms(dataclasses.replace(mm, batch=1),
                                  jnp.float32)
   assert [(x.shape, y.shape) for _, x, y in flat] == [
       ((5, 3), (3, 4)), ((5, 4), (3, 4)), ((5, 3), (5, 4))]
@@ -118,7 +121,7 @@ def test_optimizer_seconds_times_the_configured_update(monkeypatch):
     return dataclasses.replace(task, tx=optax.GradientTransformationExtraArgs(
         task.tx.init, update))
   monkeypatch.setattr(train, "build_task", build_task)
-  assert benchmark.optimizer_seconds(cfg, repeats=2) > 0
+  assert timing.optimizer_seconds(cfg, repeats=2) > 0
   params = jax.eval_shape(functools.partial(step_lib.init_state,
                                             real_build(cfg), 32)).params
   assert seen["leaves"] == [p.shape for p in jax.tree.leaves(params)]
@@ -131,7 +134,7 @@ def test_the_matmuls_alone_take_less_than_the_step():
   # At BERT-tiny's benchmark shape, not at the toy shapes above, whose
   # 0.1 ms matmuls are mostly fixed cost.
   cfg = load_config("size=tiny,bench")
-  t = benchmark.time_train_step(cfg, steps=2, repeats=3, peak_flops=1e11)
+  t = timing.time_train_step(cfg, steps=2, repeats=3, peak_flops=1e11)
   assert 0 < t.matmul_seconds < t.step_median
   assert t.mfu_bound > t.mfu
 
@@ -144,11 +147,11 @@ def test_step_matmuls_name_every_useful_flop():
   # Forward 93.23e9, training step 3x: 279.7 GFLOP.
   cfg = load_config("size=base,bench")
   cfg.vocab_size, cfg.train.batch_size = 30522, 4
-  mms = {mm.name: mm for mm in benchmark.step_matmuls(cfg)}
+  mms = {mm.name: mm for mm in timing.step_matmuls(cfg)}
   assert (mms["qkv"].m, mms["qkv"].k, mms["qkv"].n) == (512, 768, 2304)
   assert (mms["attention scores"].batch, mms["attention scores"].k) == (48, 64)
   assert mms["vocabulary projection"].m == 4 * 20
-  assert benchmark.train_flops_per_step(cfg) == pytest.approx(279.7e9,
+  assert timing.flops_per_step(cfg) == pytest.approx(279.7e9,
                                                               rel=1e-3)
 
 
@@ -163,10 +166,10 @@ def test_time_train_step_compiles_the_step_once():
   try:
     par = parallel.make_parallel(cfg.parallel.mode, train.build_task(cfg),
                                  cfg.data.seq_len, cfg.parallel.fsdp)
-    par.put_batch(benchmark.synthetic_batch(cfg))
+    par.put_batch(synthetic.batch(cfg))
     jax.block_until_ready(par.init_state())
     setup = len(compiles)
-    benchmark.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11,
+    timing.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11,
                               matmul_bound=False)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
@@ -200,7 +203,7 @@ def test_lowering_is_timed_after_the_initial_state_is_ready(monkeypatch):
     return par
 
   monkeypatch.setattr(parallel, "make_parallel", make_parallel)
-  benchmark.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11,
+  timing.time_train_step(cfg, steps=1, repeats=1, peak_flops=1e11,
                             matmul_bound=False)
   assert seen == [True]
 
@@ -211,21 +214,21 @@ def test_the_peak_is_sampled_between_repeats_and_the_best_kept(monkeypatch):
   # matmul timings, not the first value measured.
   samples = iter([3e11, 5e11, 2e11, 4e11, 1e11])
   calls = []
-  monkeypatch.setattr(benchmark, "matmul_peak_flops",
+  monkeypatch.setattr(timing, "matmul_peak_flops",
                       lambda n=2048, repeats=5: next(samples))
-  times, peaks = benchmark.time_repeats(calls.append, steps=7, repeats=3,
+  times, peaks = timing.time_repeats(calls.append, steps=7, repeats=3,
                                         sample_peak=True)
   assert calls == [7, 7, 7] and len(times) == 3
   assert peaks == [3e11, 5e11, 2e11, 4e11]
   cfg = load("size=tiny,runlocal")
-  t = benchmark.step_timing(cfg, [0.5, 0.4, 0.6], 1.0, 2.0, None,
+  t = timing.step_timing(cfg, [0.5, 0.4, 0.6], 1.0, 2.0, None,
                             peak_samples=peaks)
   assert t.peak_flops == 5e11 and t.step_median == 0.5
   assert t.mfu == pytest.approx(t.flops_per_step / 0.5 / 5e11)
   # Given a peak, nothing is sampled or measured.
-  _, none = benchmark.time_repeats(calls.append, steps=1, repeats=2,
+  _, none = timing.time_repeats(calls.append, steps=1, repeats=2,
                                    sample_peak=False)
-  assert none == [] and benchmark.step_timing(
+  assert none == [] and timing.step_timing(
       cfg, [0.5], 1.0, 2.0, 1e11).peak_flops == 1e11
 
 
@@ -234,24 +237,33 @@ def test_the_kernel_bound_keeps_the_best_round_and_its_peaks(monkeypatch):
   # its fastest round, and the peaks sampled around the rounds count in the
   # one peak that MFU and the bound are both measured against.
   peaks = iter([2e11, 1e11, 2.5e11, 1.5e11, 3e11])
-  monkeypatch.setattr(benchmark, "matmul_peak_flops",
+  monkeypatch.setattr(timing, "matmul_peak_flops",
                       lambda n=2048, repeats=5: next(peaks))
   matmuls, updates = iter([1.5, 1.0, 1.2]), iter([0.4, 0.6, 0.5])
-  monkeypatch.setattr(benchmark, "matmul_seconds",
+  monkeypatch.setattr(timing, "matmul_seconds",
                       lambda config: next(matmuls))
-  monkeypatch.setattr(benchmark, "optimizer_seconds",
+  monkeypatch.setattr(timing, "optimizer_seconds",
                       lambda config: next(updates))
   cfg = load("size=tiny,runlocal")
-  bound = benchmark.kernel_bound(cfg, rounds=3)
-  assert bound == benchmark.KernelBound(1.0, 0.4, (2e11, 1e11, 2.5e11, 1.5e11))
-  t = benchmark.step_timing(cfg, [4.0], 1.0, 2.0, None, bound,
+  bound = timing.kernel_bound(cfg, rounds=3)
+  assert bound == timing.KernelBound(1.0, 0.4, (2e11, 1e11, 2.5e11, 1.5e11))
+  t = timing.step_timing(cfg, [4.0], 1.0, 2.0, None, bound,
                             peak_samples=[2e11])
   assert t.peak_flops == 3e11  # the best of all samples, one taken last
   assert t.mfu == pytest.approx(t.flops_per_step / 4.0 / 3e11)
   assert t.mfu_bound == pytest.approx(t.flops_per_step / 1.4 / 3e11)
   assert (t.matmul_seconds, t.optimizer_seconds) == (1.0, 0.4)
   # With a given peak, nothing is sampled.
-  monkeypatch.setattr(benchmark, "matmul_seconds", lambda config: 1.0)
-  monkeypatch.setattr(benchmark, "optimizer_seconds", lambda config: 0.5)
-  assert benchmark.kernel_bound(cfg, rounds=2, sample_peak=False) == (
-      benchmark.KernelBound(1.0, 0.5, ()))
+  monkeypatch.setattr(timing, "matmul_seconds", lambda config: 1.0)
+  monkeypatch.setattr(timing, "optimizer_seconds", lambda config: 0.5)
+  assert timing.kernel_bound(cfg, rounds=2, sample_peak=False) == (
+      timing.KernelBound(1.0, 0.5, ()))
+
+
+def test_the_core_never_imports_the_benchmark():
+  package = pathlib.Path(timing.__file__).parents[1]
+  core = [p for p in package.rglob("*.py")
+          if p.relative_to(package).parts[0] != "bench"]
+  importers = [str(p.relative_to(package)) for p in core if re.search(
+      r"mlm_jax\.bench|from mlm_jax import .*\bbench\b", p.read_text())]
+  assert core and not importers

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from configs_loader import load_config
-from mlm_jax import benchmark
 from mlm_jax import config as config_lib
+from mlm_jax import flops
 from mlm_jax import objectives
 from mlm_jax import step as step_lib
+from mlm_jax import synthetic
 from mlm_jax import train
 
 
@@ -43,10 +44,10 @@ def test_bert_mlm_through_the_seam_reproduces_the_pre_seam_step():
   step = jax.jit(functools.partial(step_lib.train_step, task=task))
   evaluate = jax.jit(functools.partial(step_lib.eval_step, task=task))
   mean = lambda m: float(m["mlm_loss"][0] / m["mlm_loss"][1])
-  held_out = benchmark.synthetic_batch(cfg, seed=99)
+  held_out = synthetic.batch(cfg, seed=99)
   losses, eval_losses = [], []
   for i in range(6):
-    batch = benchmark.synthetic_batch(cfg, seed=i)
+    batch = synthetic.batch(cfg, seed=i)
     batch["example_id"] = batch["example_id"] + 8 * i
     state, m = step(state, batch)
     losses.append(mean(m))
@@ -120,6 +121,7 @@ def test_whole_words_need_a_tokenizer_with_word_boundaries():
 def test_flops_come_from_the_objective():
   cfg = _small()
   objective = objectives.build(cfg)
-  assert benchmark.step_matmuls(cfg) == objective.matmuls(8, 32)
+  assert flops.train_flops_per_step(objective, 8, 32) == 3 * sum(
+      mm.flops for mm in objective.matmuls(8, 32))
   names = [mm.name for mm in objective.matmuls(8, 32)]
   assert names[-2:] == ["head transform", "vocabulary projection"]

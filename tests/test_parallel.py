@@ -208,7 +208,7 @@ OBJECTIVES = {
 def objective_task(overrides, **model):
   """A task from configs/bert.py with a toy encoder and `overrides`."""
   from configs_loader import load_config
-  from mlm_jax import benchmark
+  from mlm_jax import synthetic
   from mlm_jax import train
   cfg = load_config("size=tiny,runlocal")
   cfg.vocab_size, cfg.data.seq_len, cfg.train.batch_size = VOCAB, SEQ, BATCH
@@ -218,16 +218,16 @@ def objective_task(overrides, **model):
     section, name = field.rsplit(".", 1)
     cfg[section.split(".")[0]][name] = value
   cfg.optim.warmup_steps = 1
-  return cfg, train.build_task(cfg, benchmark.synthetic_word_starts(VOCAB))
+  return cfg, train.build_task(cfg, synthetic.word_starts(VOCAB))
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_each_objective_is_the_same_on_1_device_pmap_and_jit(name):
-  from mlm_jax import benchmark
+  from mlm_jax import synthetic
   cfg, task = objective_task(OBJECTIVES[name])
   batches = []
   for i in range(3):
-    b = benchmark.synthetic_batch(cfg, seed=i)
+    b = synthetic.batch(cfg, seed=i)
     b["example_id"] = b["example_id"] + BATCH * i
     batches.append(b)
   terms = list(task.objective.loss_weights)

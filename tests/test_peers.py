@@ -18,12 +18,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs_loader import load_config  # noqa: E402
-from mlm_jax import benchmark  # noqa: E402
 from mlm_jax import hostenv  # noqa: E402
-from mlm_jax import peer_flax  # noqa: E402
-from mlm_jax import peer_torch  # noqa: E402
-from mlm_jax import peers  # noqa: E402
+from mlm_jax import synthetic  # noqa: E402
 from mlm_jax import tokenizer as tok  # noqa: E402
+from mlm_jax.bench import flax_recipe  # noqa: E402
+from mlm_jax.bench import hf  # noqa: E402
+from mlm_jax.bench import peer_flax  # noqa: E402
+from mlm_jax.bench import peer_torch  # noqa: E402
+from mlm_jax.bench import peers  # noqa: E402
+from mlm_jax.bench import timing  # noqa: E402
 
 
 def tiny(**optim):
@@ -77,10 +80,10 @@ def check_masking(tokens, input_ids, labels, cfg):
 def test_host_masking_matches_run_mlm_flax_rates():
   cfg = tiny()
   cfg.train.batch_size = 2000  # 60,000 maskable positions
-  tokens = benchmark.synthetic_batch(cfg)["tokens"]
+  tokens = synthetic.batch(cfg)["tokens"]
   before = tokens.copy()
-  input_ids, labels = peer_flax.mask_tokens(
-      tokens, peers.special_tokens_mask(tokens), cfg,
+  input_ids, labels = flax_recipe.mask_tokens(
+      tokens, hf.special_tokens_mask(tokens), cfg,
       np.random.RandomState(0))
   assert (tokens == before).all()
   assert input_ids.shape == labels.shape == tokens.shape
@@ -90,7 +93,7 @@ def test_host_masking_matches_run_mlm_flax_rates():
 def test_module_imports_without_the_peer_packages():
   code = ("import sys; sys.modules['transformers'] = None; "
           "sys.modules['torch'] = None; "
-          "import mlm_jax.peers, mlm_jax.peer_flax, mlm_jax.peer_torch")
+          "import mlm_jax.bench.peers, mlm_jax.bench.report")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
                         text=True, check=False)
   assert proc.returncode == 0, proc.stderr
@@ -98,16 +101,16 @@ def test_module_imports_without_the_peer_packages():
 
 def test_missing_packages_name_the_extra(monkeypatch):
   monkeypatch.setitem(sys.modules, "transformers", None)
-  with pytest.raises(peers.MissingPeerError,
+  with pytest.raises(hf.MissingPeerError,
                      match=r"'transformers'.*pip install -e '\.\[bench\]'"):
     peer_flax.time_hf_flax(tiny())
   monkeypatch.setitem(sys.modules, "torch", None)
-  with pytest.raises(peers.MissingPeerError, match=r"'torch'.*\.\[bench\]"):
+  with pytest.raises(hf.MissingPeerError, match=r"'torch'.*\.\[bench\]"):
     peer_torch.time_hf_torch(tiny())
   # A transformers without Flax models (5.x) is named as such.
   monkeypatch.setitem(sys.modules, "transformers",
                       types.SimpleNamespace(__version__="5.0.0"))
-  with pytest.raises(peers.MissingPeerError, match=r"5\.0\.0 has no Flax"):
+  with pytest.raises(hf.MissingPeerError, match=r"5\.0\.0 has no Flax"):
     peer_flax.time_hf_flax(tiny())
 
 
@@ -115,7 +118,7 @@ def test_bert_config_maps_every_field():
   needs()
   cfg = tiny()
   cfg.model.dropout, cfg.model.attention_dropout = 0.1, 0.2
-  b = peers.bert_config(cfg)
+  b = hf.bert_config(cfg)
   assert (b.vocab_size, b.num_hidden_layers, b.hidden_size,
           b.num_attention_heads, b.intermediate_size) == (512, 2, 64, 2, 256)
   assert (b.max_position_embeddings, b.type_vocab_size) == (512, 2)
@@ -130,7 +133,7 @@ def test_flax_step_learns_a_repeated_batch():
   cfg.model.dropout = cfg.model.attention_dropout = 0.0
   state, train_step, dropout_rng = peer_flax.build_hf_flax(cfg)
   tokens = learnable_tokens(cfg)
-  special = peers.special_tokens_mask(tokens)
+  special = hf.special_tokens_mask(tokens)
   rng = np.random.RandomState(0)
   losses = []
   for _ in range(20):
@@ -152,7 +155,7 @@ def test_torch_step_learns_a_repeated_batch():
   # (OpenMP's barriers make 2 threads on 1 free core ~100x slower).
   torch.set_num_threads(1)
   tokens = torch.from_numpy(learnable_tokens(cfg).astype(np.int64))
-  special = torch.from_numpy(peers.special_tokens_mask(tokens.numpy()))
+  special = torch.from_numpy(hf.special_tokens_mask(tokens.numpy()))
   losses = [float(peer_torch.torch_train_step(
       peer, peer_torch.torch_batch(peer, tokens, special), cfg.optim.grad_clip))
             for _ in range(20)]
@@ -167,8 +170,8 @@ def test_torch_collator_masking_rates():
   cfg.train.batch_size = 2000
   peer = peer_torch.build_hf_torch(cfg)
   tokens = torch.from_numpy(
-      benchmark.synthetic_batch(cfg)["tokens"].astype(np.int64))
-  special = torch.from_numpy(peers.special_tokens_mask(tokens.numpy()))
+      synthetic.batch(cfg)["tokens"].astype(np.int64))
+  special = torch.from_numpy(hf.special_tokens_mask(tokens.numpy()))
   batch = peer_torch.torch_batch(peer, tokens, special)
   check_masking(tokens.numpy(), batch["input_ids"].numpy(),
                 batch["labels"].numpy(), cfg)
@@ -178,7 +181,7 @@ def check_timing(t, cfg, compiled):
   assert len(t.step_times) == 3 and t.step_median in t.step_times
   tokens = cfg.train.batch_size * cfg.data.seq_len
   assert t.tokens_per_s == pytest.approx(tokens / t.step_median)
-  assert t.flops_per_step == benchmark.train_flops_per_step(cfg)
+  assert t.flops_per_step == timing.flops_per_step(cfg)
   assert t.mfu == pytest.approx(t.flops_per_step / t.step_median / 1e11)
   assert (t.lower_seconds > 0 and t.compile_seconds > 0) == compiled
   assert t.peak_host_memory_gb > 0
@@ -213,7 +216,7 @@ def test_run_in_subprocess_reports_the_childs_own_memory():
   record = peers.run_in_subprocess("torch", cfg, steps=2, repeats=3,
                                    peak_flops=1e11, allocator="system")
   del ballast
-  fields = {f.name for f in dataclasses.fields(benchmark.StepTiming)}
+  fields = {f.name for f in dataclasses.fields(timing.StepTiming)}
   assert set(record) == fields | {"kind", "allocator",
                                   "import_host_memory_gb"}
   assert record["allocator"] == "system"
@@ -245,11 +248,11 @@ def test_allocator_env_strips_or_sets_the_preload(monkeypatch):
 
 
 def test_host_pairs_make_bert_and_albert_negatives():
-  from mlm_jax import peer_flax_objectives as objective_peers
+  from mlm_jax.bench import peer_flax_objectives as objective_peers
   cfg = tiny()
   cfg.data.packing = "pairs"
   cfg.train.batch_size = 64
-  batch = benchmark.synthetic_batch(cfg)
+  batch = synthetic.batch(cfg)
   for kind in ("nsp", "sop"):
     tokens, segments, labels = objective_peers.host_pairs(
         batch["tokens"], batch["segment_ids"], kind, 0.5,

@@ -15,7 +15,7 @@ in `<data_dir>/mlm_jax_offline/<config>/1.0.0/`. Another environment computes
 another name and prepares its own dataset beside this one, never reading this
 one by mistake. `mlm_jax_offline` without a config means the corpus of this
 environment (the fingerprint is computed when the builder is constructed,
-a walk of site-packages of ~0.2 s). Any config name of that form constructs,
+a walk of site-packages). Any config name of that form constructs,
 so reading one prepared elsewhere fails with `tfds_source`'s "not prepared"
 error, and preparing it here fails saying the sources differ.
 

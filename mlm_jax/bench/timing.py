@@ -8,8 +8,9 @@ synthetic full-length batches (no padding, so every position is work).
 Useful FLOPs per step count what the model must compute, as the objective
 declares them: for BERT's MLM the matmuls of the Transformer layers (QKV,
 attention scores and values, output projection, feed-forward), the MLM head
-at the masked positions only, and 3x for the forward plus backward pass. Embedding lookups and elementwise work are not
-counted. On CPU, MFU is against a matmul peak measured in the same process.
+at the masked positions only, and 3x for the forward plus backward pass.
+Embedding lookups and elementwise work are not counted. On CPU, MFU is
+against a matmul peak measured in the same process.
 The same matmuls, each timed alone at its shape in the three forms a step
 computes (forward, input and weight gradients), and the optimizer update
 timed alone (best of rounds), give the MFU bound: the MFU of a step that
@@ -27,7 +28,6 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from mlm_jax import config as config_lib
@@ -36,25 +36,21 @@ from mlm_jax import objectives
 from mlm_jax import optim
 from mlm_jax import parallel
 from mlm_jax import step as step_lib
-from mlm_jax import tokenizer as tok
+from mlm_jax import synthetic
 from mlm_jax import train
 
 
 Matmul = flops.Matmul
 
 
-def synthetic_word_starts(vocab_size: int, seed: int = 0) -> np.ndarray:
-  """A [vocab_size] word-start table for timing whole-word masking without
-  a tokenizer: two pieces in three start a word, as in the offline corpus's
-  (0.68); the step's cost does not depend on which."""
-  starts = np.random.default_rng(seed).random(vocab_size) < 2 / 3
-  starts[:tok.NUM_SPECIAL_TOKENS] = True
-  return starts
-
-
 def build_task(config: ml_collections.ConfigDict) -> step_lib.Task:
   """`train.build_task` with a synthetic word-start table."""
-  return train.build_task(config, synthetic_word_starts(config.vocab_size))
+  return train.build_task(config, synthetic.word_starts(config.vocab_size))
+
+
+def build_objective(config: ml_collections.ConfigDict) -> objectives.Objective:
+  """`objectives.build` with a synthetic word-start table."""
+  return objectives.build(config, synthetic.word_starts(config.vocab_size))
 
 
 def step_matmuls(config: ml_collections.ConfigDict,
@@ -66,15 +62,15 @@ def step_matmuls(config: ml_collections.ConfigDict,
   weighted values per head, output projection, feed-forward) and the MLM
   head at the masked positions only. Embedding lookups are not matmuls.
   """
-  objective = objectives.build(config,
-                               synthetic_word_starts(config.vocab_size))
-  return objective.matmuls(batch_size or config.train.batch_size,
-                           config.data.seq_len)
+  return build_objective(config).matmuls(
+      batch_size or config.train.batch_size, config.data.seq_len)
 
 
-def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
-  """Useful FLOPs of one training step (forward + backward = 3x forward)."""
-  return 3.0 * sum(mm.flops for mm in step_matmuls(config))
+def flops_per_step(config: ml_collections.ConfigDict) -> float:
+  """`flops.train_flops_per_step` of the config's objective and batch."""
+  return flops.train_flops_per_step(build_objective(config),
+                                    config.train.batch_size,
+                                    config.data.seq_len)
 
 
 def _best_seconds(fn, *args, repeats: int) -> float:
@@ -92,8 +88,8 @@ def _matmul_forms(mm: Matmul, dtype) -> list[tuple[Callable, Any, Any]]:
 
   Forward [b, m, k] @ [b, k, n]; the input gradient [b, m, n] @ [b, k, n]^T
   (contracting the last axes); the weight gradient [b, m, k]^T @ [b, m, n]
-  (contracting the token axis, the form XLA:CPU leaves to Eigen: 0.6-0.9x
-  the forward's speed at BERT-base's shapes on the 2-core VM). Each has
+  (contracting the token axis, the form XLA:CPU leaves to Eigen, slower
+  than the forward at BERT's shapes). Each has
   the forward's FLOPs. Without a batch (`mm.batch` 1) they are 2-D, as the
   step's dense layers compute them.
   """
@@ -187,9 +183,9 @@ def time_repeats(run: Callable[[int], Any], *, steps: int, repeats: int,
 
   `run` returns once its steps are done. With `sample_peak`, the matmul
   peak is also sampled (best of 2) before each call and after the last:
-  a VM's speed drifts (10-20% over minutes on the 2-core one), so a peak
-  measured once, at another moment than the steps, moves MFU and its bound
-  by as much; the best of samples spread over the run is its peak.
+  a VM's speed drifts over minutes, so a peak measured once, at another
+  moment than the steps, moves MFU and its bound by as much; the best of
+  samples spread over the run is its peak.
   Returns (seconds per step of each call, the peak samples in FLOP/s).
   """
   times, peaks = [], []
@@ -246,8 +242,8 @@ def kernel_bound(config: ml_collections.ConfigDict, *, rounds: int = 3,
   """`matmul_seconds` and `optimizer_seconds` of `config`, best of `rounds`.
 
   The rounds are spread out, with a sample of the matmul peak (best of 2)
-  before each and after the last (with `sample_peak`). A VM's drift (10-20%
-  over minutes on the 2-core one, and seconds-long dips) only ever slows a
+  before each and after the last (with `sample_peak`). A VM's drift (over
+  minutes, and seconds-long dips) only ever slows a
   kernel down, so the best of rounds apart is the kernels' speed; against
   the best peak sample it sets the bound on the same footing as the peak.
   """
@@ -262,27 +258,6 @@ def kernel_bound(config: ml_collections.ConfigDict, *, rounds: int = 3,
   return KernelBound(min(matmul_s), min(optimizer_s), tuple(peaks))
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0):
-  """A full-length host batch of random ordinary tokens.
-
-  With `data.packing=pairs`, sentence pairs [CLS] A [SEP] B [SEP] with A
-  ending at a random point of the middle half, and segment ids 0 then 1.
-  """
-  b, l = config.train.batch_size, config.data.seq_len
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(tok.NUM_SPECIAL_TOKENS, config.vocab_size,
-                        (b, l)).astype(np.int32)
-  tokens[:, 0], tokens[:, -1] = tok.CLS_ID, tok.SEP_ID
-  segments = np.zeros_like(tokens)
-  if config.data.packing == "pairs":
-    cut = rng.integers(l // 4, 3 * l // 4, b)
-    tokens[np.arange(b), cut] = tok.SEP_ID
-    segments = (np.arange(l)[None, :] > cut[:, None]).astype(np.int32)
-  return {"tokens": tokens, "segment_ids": segments,
-          "positions": np.tile(np.arange(l, dtype=np.int32), (b, 1)),
-          "example_id": np.arange(b, dtype=np.uint32)}
-
-
 def compile_step(config: ml_collections.ConfigDict):
   """Our training step of `config` on a synthetic batch, compiled.
 
@@ -293,7 +268,7 @@ def compile_step(config: ml_collections.ConfigDict):
   par = parallel.make_parallel(config.parallel.mode, build_task(config),
                                config.data.seq_len, config.parallel.fsdp)
   state = par.init_state()
-  batch = par.put_batch(synthetic_batch(config))
+  batch = par.put_batch(synthetic.batch(config))
   # Initialisation runs asynchronously: at base it would still be running
   # on both cores while the step traces, and its time would count as ours.
   jax.block_until_ready((state, batch))
@@ -329,7 +304,7 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
   times, peaks = time_repeats(run, steps=steps, repeats=repeats,
                               sample_peak=peak_flops is None)
   memory_gb = peak_host_memory_gb()
-  del state, batch, metrics  # the bound's work is timed without them
+  state = batch = metrics = None  # the bound's work is timed without them
   bound = (kernel_bound(config, sample_peak=peak_flops is None)
            if matmul_bound else None)
   return step_timing(config, times, lower_seconds, compile_seconds,
@@ -353,7 +328,7 @@ def step_timing(config: ml_collections.ConfigDict, times: list[float],
   `peak_memory_gb` if given, else this process's peak so far.
   """
   median = statistics.median(times)
-  flops = train_flops_per_step(config)
+  useful = flops_per_step(config)
   bound_peaks = bound.peak_samples if bound else ()
   peak = peak_flops or max([*peak_samples, *bound_peaks, matmul_peak_flops()])
   tokens = config.train.batch_size * config.data.seq_len
@@ -362,11 +337,11 @@ def step_timing(config: ml_collections.ConfigDict, times: list[float],
   return StepTiming(
       step_median=median, step_times=times, tokens_per_s=tokens / median,
       lower_seconds=lower_seconds, compile_seconds=compile_seconds,
-      flops_per_step=flops, peak_flops=peak, mfu=flops / median / peak,
+      flops_per_step=useful, peak_flops=peak, mfu=useful / median / peak,
       peak_host_memory_gb=peak_memory_gb,
       matmul_seconds=bound.matmul_seconds if bound else None,
       optimizer_seconds=bound.optimizer_seconds if bound else None,
-      mfu_bound=(flops / (bound.matmul_seconds + bound.optimizer_seconds)
+      mfu_bound=(useful / (bound.matmul_seconds + bound.optimizer_seconds)
                  / peak if bound else None))
 
 

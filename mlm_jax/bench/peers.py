@@ -2,7 +2,7 @@
 
 A step time means little alone; it is fast or slow next to what people would
 otherwise run. This module times, on the same config and the same synthetic
-tokens as `benchmark`, the MLM training step of Hugging Face transformers'
+tokens as `timing`, the MLM training step of Hugging Face transformers'
 BERT in its two forms:
 
   flax   FlaxBertForMaskedLM trained as transformers' example
@@ -12,7 +12,7 @@ BERT in its two forms:
 
 Host masking is inside each timed step: it is part of their step as users run
 it (ours masks on device). Useful FLOPs, and so MFU, are
-`benchmark.train_flops_per_step` (MLM head at the masked positions only) for
+`flops.train_flops_per_step` (MLM head at the masked positions only) for
 every contender: MFU compares useful work per second, not work done.
 
 A process's peak RSS covers all it ever ran, so peak host memory compares
@@ -27,88 +27,38 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
-import types
 from typing import Any, Callable, Sequence
 
 import ml_collections
-import numpy as np
 
-from mlm_jax import benchmark
 from mlm_jax import hostenv
-from mlm_jax import tokenizer as tok
+from mlm_jax.bench import hf
+from mlm_jax.bench import peer_flax
+from mlm_jax.bench import peer_torch
+from mlm_jax.bench import timing
 
 KINDS = ("ours", "flax", "torch")
 
-INSTALL_HINT = (
-    "pip install -e '.[bench]' (transformers==4.57.6, the last release with "
-    "Flax models, and torch==2.13.0; a CPU-only machine wants torch's CPU "
-    "build)")
 
-
-class MissingPeerError(ImportError):
-  """A peer's package is not installed; the message says how to add it."""
-
-
-def require(module: str) -> types.ModuleType:
-  """Imports `module`, or raises MissingPeerError naming the extra."""
-  try:
-    return importlib.import_module(module)
-  except ImportError as e:
-    raise MissingPeerError(
-        f"The Hugging Face peers of the benchmark need {module!r}, which "
-        f"could not be imported ({e}). Install them with: {INSTALL_HINT}."
-    ) from e
-
-
-def bert_config(config: ml_collections.ConfigDict) -> Any:
-  """Our model config as a `transformers.BertConfig` (post-LN BERT)."""
-  m = config.model
-  if m.pre_layer_norm or not m.attend_across_documents:
-    raise ValueError("Hugging Face's BERT is post-LN and attends across "
-                     "documents; set model.pre_layer_norm=False and "
-                     "model.attend_across_documents=True to compare.")
-  transformers = require("transformers")
-  return transformers.BertConfig(
-      vocab_size=config.vocab_size, hidden_size=m.hidden_size,
-      num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
-      intermediate_size=m.intermediate_size, hidden_act="gelu",
-      hidden_dropout_prob=m.dropout,
-      attention_probs_dropout_prob=m.attention_dropout,
-      max_position_embeddings=m.max_positions,
-      type_vocab_size=m.type_vocab_size, initializer_range=m.init_std,
-      layer_norm_eps=m.layer_norm_eps, pad_token_id=tok.PAD_ID)
-
-
-def special_tokens_mask(tokens: np.ndarray) -> np.ndarray:
-  """[B, L] int 1 at special ids, as a tokenizer's special_tokens_mask."""
-  return (tokens < tok.NUM_SPECIAL_TOKENS).astype(np.int64)
-
-
-def _timer(kind: str) -> Callable[..., benchmark.StepTiming]:
-  """The timing function of a contender (peers imported only if asked)."""
-  if kind == "flax":
-    from mlm_jax import peer_flax  # pylint: disable=import-outside-toplevel
-    return peer_flax.time_hf_flax
-  if kind == "torch":
-    from mlm_jax import peer_torch  # pylint: disable=import-outside-toplevel
-    return peer_torch.time_hf_torch
-  return benchmark.time_train_step
+def _timer(kind: str) -> Callable[..., timing.StepTiming]:
+  """The timing function of a contender."""
+  return {"flax": peer_flax.time_hf_flax, "torch": peer_torch.time_hf_torch,
+          "ours": timing.time_train_step}[kind]
 
 
 def _import_for(kind: str) -> None:
   """Imports what `kind` needs, so the import cost is measured apart."""
   if kind == "flax":
-    _ = require("transformers").FlaxBertForMaskedLM
+    _ = hf.require("transformers").FlaxBertForMaskedLM
   elif kind == "torch":
-    require("torch")
-    _ = require("transformers").BertForMaskedLM
+    hf.require("torch")
+    _ = hf.require("transformers").BertForMaskedLM
 
 
 def allocator_env(allocator: str, environ: dict[str, str]) -> dict[str, str]:
@@ -133,8 +83,9 @@ def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
                       allocator: str | None = None) -> dict[str, Any]:
   """Times `kind` ('ours', 'flax' or 'torch') in a fresh Python process.
 
-  The child runs `python -m mlm_jax.peers`, so its peak RSS (VmHWM) holds
-  only that contender: imports, model, optimizer state, compilation, steps.
+  The child runs `python -m mlm_jax.bench.peers`, so its peak RSS (VmHWM)
+  holds only that contender: imports, model, optimizer state, compilation,
+  steps.
 
   Args:
     kind: one of KINDS.
@@ -142,7 +93,7 @@ def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
     steps: steps per timed repeat.
     repeats: timed repeats; the step time is their median.
     peak_flops: the matmul peak for MFU. None: the child samples its own
-      between its timed repeats (`benchmark.time_repeats`).
+      between its timed repeats (`timing.time_repeats`).
     allocator: one of hostenv.ALLOCATORS for the child; None: as this
       process.
   Returns:
@@ -158,13 +109,14 @@ def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
     raise ValueError(f"Unknown peer {kind!r}; use one of {', '.join(KINDS)}.")
   child_env = (dict(os.environ) if allocator is None
                else allocator_env(allocator, dict(os.environ)))
-  root = str(pathlib.Path(__file__).resolve().parents[1])
+  root = str(pathlib.Path(__file__).resolve().parents[2])
   child_env["PYTHONPATH"] = os.pathsep.join(
       filter(None, [root, child_env.get("PYTHONPATH")]))
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "timing.json"
-    cmd = [sys.executable, "-m", "mlm_jax.peers", kind, config.to_json(),
-           f"--out={out}", f"--steps={steps}", f"--repeats={repeats}"]
+    cmd = [sys.executable, "-m", "mlm_jax.bench.peers", kind,
+           config.to_json(), f"--out={out}", f"--steps={steps}",
+           f"--repeats={repeats}"]
     if peak_flops:
       cmd.append(f"--peak_flops={peak_flops!r}")
     proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True,
@@ -184,7 +136,7 @@ def compare(config: ml_collections.ConfigDict, *,
 
   `allocators` maps a kind to its child's allocator (default: as this
   process). `peak_flops` None: each child samples the matmul peak between
-  its own timed repeats (`benchmark.time_repeats`), at the moments its
+  its own timed repeats (`timing.time_repeats`), at the moments its
   steps ran; a peak measured here, minutes before the last child's steps,
   would drift away from them.
   """
@@ -196,7 +148,7 @@ def compare(config: ml_collections.ConfigDict, *,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """`python -m mlm_jax.peers KIND CONFIG_JSON`: the child of a timing."""
+  """`python -m mlm_jax.bench.peers KIND CONFIG_JSON`: a timing's child."""
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument("kind", choices=KINDS)
   parser.add_argument("config", help="the run config as ConfigDict JSON")
@@ -207,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   config = ml_collections.ConfigDict(json.loads(args.config))
   _import_for(args.kind)
-  import_gb = benchmark.peak_host_memory_gb()
+  import_gb = timing.peak_host_memory_gb()
   result = _timer(args.kind)(config, steps=args.steps, repeats=args.repeats,
                              peak_flops=args.peak_flops)
   record = {"kind": args.kind, "allocator": hostenv.loaded_allocator(),

@@ -16,6 +16,8 @@ mask, the step jitted with the state donated.
   causal_lm,  FlaxBertForCausalLM (is_decoder) as run_clm_flax.py trains
   prefix_lm   it: shifted labels, mean cross-entropy. Hugging Face's BERT
               has no prefix-LM mask; its causal step stands in for both.
+
+run_mlm_flax.py's masking, loss and optimizer come from `flax_recipe`.
 """
 from __future__ import annotations
 
@@ -31,40 +33,18 @@ from flax.training import common_utils
 from flax.training import train_state
 
 from mlm_jax import objectives
-from mlm_jax import peer_flax
-from mlm_jax import peers
 from mlm_jax import tokenizer as tok
+from mlm_jax.bench import flax_recipe
+from mlm_jax.bench import hf
 
 # (state, step, rng, make_batch): step(state, batch, rng) -> (state,
 # metrics, rng); make_batch() -> the host batch of one step.
 Peer = tuple[train_state.TrainState, Callable, jax.Array, Callable[[], dict]]
 
 
-def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  o = config.optim
-  tx = optax.adamw(peer_flax._lr_schedule(config), b1=o.b1, b2=o.b2,
-                   eps=o.eps, weight_decay=o.weight_decay,
-                   mask=peer_flax._decay_mask)
-  if o.grad_clip > 0:  # ours clips
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
-  return tx
-
-
 def _peer(config, apply_fn, params, step, make_batch) -> Peer:
-  """The state (AdamW as theirs), the step jitted with the state donated,
-  the dropout key, and the batch maker."""
-  state = train_state.TrainState.create(apply_fn=apply_fn, params=params,
-                                        tx=_optimizer(config))
-  return (state, jax.jit(step, donate_argnums=(0,)),
-          jax.random.PRNGKey(config.seed), make_batch)
-
-
-def _mlm_loss(logits, labels):
-  """run_mlm_flax.py's loss: cross-entropy at labels > 0, over all slots."""
-  mask = jnp.where(labels > 0, 1.0, 0.0)
-  loss = optax.softmax_cross_entropy(
-      logits, common_utils.onehot(labels, logits.shape[-1])) * mask
-  return loss.sum() / mask.sum()
+  """`flax_recipe.trainer`'s state, step and key, and the batch maker."""
+  return (*flax_recipe.trainer(config, apply_fn, params, step), make_batch)
 
 
 def host_pairs(tokens: np.ndarray, segments: np.ndarray, kind: str,
@@ -98,9 +78,9 @@ def host_pairs(tokens: np.ndarray, segments: np.ndarray, kind: str,
 def build_pretraining(config: ml_collections.ConfigDict,
                       batch: dict[str, np.ndarray]) -> Peer:
   """FlaxBertForPreTraining trained on MLM + NSP (or SOP)."""
-  transformers = peers.require("transformers")
+  transformers = hf.require("transformers")
   model = transformers.FlaxBertForPreTraining(
-      peers.bert_config(config), seed=config.seed,
+      hf.bert_config(config), seed=config.seed,
       dtype=getattr(jnp, config.model.dtype))
   kind = config.objective.name
   rate = config.objective[kind].negative_rate
@@ -109,8 +89,8 @@ def build_pretraining(config: ml_collections.ConfigDict,
   def make_batch():
     tokens, segments, labels = host_pairs(
         batch["tokens"], batch["segment_ids"], kind, rate, rng)
-    input_ids, mlm_labels = peer_flax.mask_tokens(
-        tokens, peers.special_tokens_mask(tokens), config, rng)
+    input_ids, mlm_labels = flax_recipe.mask_tokens(
+        tokens, hf.special_tokens_mask(tokens), config, rng)
     return {"input_ids": input_ids, "attention_mask":
             (tokens != tok.PAD_ID).astype(np.int32),
             "token_type_ids": segments, "labels": mlm_labels,
@@ -126,7 +106,8 @@ def build_pretraining(config: ml_collections.ConfigDict,
                            train=True)
       pair = optax.softmax_cross_entropy_with_integer_labels(
           out.seq_relationship_logits, batch["next_sentence_label"]).mean()
-      return _mlm_loss(out.prediction_logits, batch["labels"]) + pair
+      mlm = flax_recipe.mlm_loss(out.prediction_logits, batch["labels"])
+      return mlm + pair
 
     loss, grad = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grad), {"loss": loss}, new_rng
@@ -136,8 +117,8 @@ def build_pretraining(config: ml_collections.ConfigDict,
 
 def _electra_configs(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """HF ElectraConfigs of our discriminator and generator."""
-  transformers = peers.require("transformers")
-  bert = peers.bert_config(config)
+  transformers = hf.require("transformers")
+  bert = hf.bert_config(config)
   generator = objectives.build(config).generator
   common = {k: getattr(bert, k) for k in (
       "vocab_size", "max_position_embeddings", "type_vocab_size",
@@ -161,7 +142,7 @@ def build_electra(config: ml_collections.ConfigDict,
                   batch: dict[str, np.ndarray]) -> Peer:
   """HF's ELECTRA generator and discriminator in one step, embeddings
   shared (the generator reads the discriminator's)."""
-  transformers = peers.require("transformers")
+  transformers = hf.require("transformers")
   disc_cfg, gen_cfg = _electra_configs(config)
   dtype = getattr(jnp, config.model.dtype)
   disc = transformers.FlaxElectraForPreTraining(disc_cfg, seed=config.seed,
@@ -174,11 +155,11 @@ def build_electra(config: ml_collections.ConfigDict,
   params = {"discriminator": disc.params, "generator": gen_params}
   weight = config.objective.electra.discriminator_weight
   tokens = batch["tokens"]
-  special = peers.special_tokens_mask(tokens)
+  special = hf.special_tokens_mask(tokens)
   rng = np.random.RandomState(config.seed)
 
   def make_batch():
-    input_ids, labels = peer_flax.mask_tokens(tokens, special, config, rng)
+    input_ids, labels = flax_recipe.mask_tokens(tokens, special, config, rng)
     return {"input_ids": input_ids, "labels": labels, "original": tokens,
             "attention_mask": (tokens != tok.PAD_ID).astype(np.int32),
             "token_type_ids": batch["segment_ids"]}
@@ -194,7 +175,7 @@ def build_electra(config: ml_collections.ConfigDict,
       g["electra"] = {**g["electra"], "embeddings":
                       params["discriminator"]["electra"]["embeddings"]}
       logits = gen(batch["input_ids"], params=g, **shared).logits
-      gen_loss = _mlm_loss(logits, batch["labels"])
+      gen_loss = flax_recipe.mlm_loss(logits, batch["labels"])
       sampled = jax.lax.stop_gradient(jax.random.categorical(
           sample_rng, logits))
       masked = batch["labels"] > 0
@@ -215,8 +196,8 @@ def build_electra(config: ml_collections.ConfigDict,
 def build_causal(config: ml_collections.ConfigDict,
                  batch: dict[str, np.ndarray]) -> Peer:
   """FlaxBertForCausalLM as run_clm_flax.py trains a causal LM."""
-  transformers = peers.require("transformers")
-  bert = peers.bert_config(config)
+  transformers = hf.require("transformers")
+  bert = hf.bert_config(config)
   bert.is_decoder = True
   model = transformers.FlaxBertForCausalLM(
       bert, seed=config.seed, dtype=getattr(jnp, config.model.dtype))

@@ -1,10 +1,11 @@
 """One benchmark run of a config: measure, record as JSON lines, tabulate.
 
-`experiments/benchmark.py` calls `run`. Without peers our step is timed in
-this process. With `config.benchmark.peers` ('flax', 'torch') every
-contender, ours included, is timed in a fresh process of its own (see
+`experiments/benchmark.py` calls `run` with the run config to time and the
+benchmark's own `Settings` (its flags). Without peers our step is timed in
+this process. With `Settings.peers` ('flax', 'torch') every contender, ours
+included, is timed in a fresh process of its own (see
 `peers.run_in_subprocess`), so that each peak host memory is its own; ours
-runs on this process's allocator, the peers on `benchmark.peer_allocator`.
+runs on this process's allocator, the peers on `Settings.peer_allocator`.
 
 Each run appends its records to <workdir>/benchmark.jsonl and rewrites
 <workdir>/benchmark.md, the table of every record there: run the launcher
@@ -22,14 +23,34 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from mlm_jax import bench_objectives
-from mlm_jax import benchmark
 from mlm_jax import config as config_lib
 from mlm_jax import hostenv
-from mlm_jax import peers
+from mlm_jax.bench import hf
+from mlm_jax.bench import objectives as bench_objectives
+from mlm_jax.bench import peers
+from mlm_jax.bench import timing
 
 RECORDS = "benchmark.jsonl"
 TABLE = "benchmark.md"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How a benchmark run measures: experiments/benchmark.py's flags, not
+  fields of the run config (training reads none of them)."""
+  # Timed repeats (the step time is their median) of `steps` steps each;
+  # with `objectives`, rounds of `steps` steps of each step.
+  repeats: int = 5
+  steps: int = 10
+  # Hugging Face peers timed too, each in a process of its own: 'flax',
+  # 'torch' (see `peers`).
+  peers: tuple[str, ...] = ()
+  # The peers' allocator: 'system' (as their users run them), 'jemalloc'
+  # or 'tcmalloc'.
+  peer_allocator: str = "system"
+  # Steps timed interleaved with the config's own in this process:
+  # objectives ('nsp', 'electra', ...) or masking strategies ('span', ...).
+  objectives: tuple[str, ...] = ()
 
 
 def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -47,50 +68,50 @@ def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
           "devices": jax.device_count(), "backend": jax.default_backend()}
 
 
-def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+def measure(config: ml_collections.ConfigDict,
+            settings: Settings = Settings()) -> list[dict[str, Any]]:
   """Times our step (and the configured peers); one record per contender."""
-  b = config.benchmark
-  kinds = [k.strip() for k in b.peers.split(",") if k.strip()]
+  kinds = list(settings.peers)
   unknown = set(kinds) - set(peers.KINDS[1:])
   if unknown:
     raise config_lib.ConfigError(
-        f"config.benchmark.peers: unknown peer(s) {sorted(unknown)}; use "
-        f"'flax', 'torch' or both, comma-separated.")
-  if b.peer_allocator not in hostenv.ALLOCATORS:
+        f"--peers: unknown peer(s) {sorted(unknown)}; use 'flax', 'torch' or "
+        f"both, comma-separated.")
+  allocator = settings.peer_allocator
+  if allocator not in hostenv.ALLOCATORS:
     raise config_lib.ConfigError(
-        f"config.benchmark.peer_allocator: unknown allocator "
-        f"{b.peer_allocator!r}; use one of {', '.join(hostenv.ALLOCATORS)}.")
-  if (kinds and b.peer_allocator != "system"
-      and not hostenv.find_library(b.peer_allocator)):
+        f"--peer_allocator: unknown allocator {allocator!r}; use one of "
+        f"{', '.join(hostenv.ALLOCATORS)}.")
+  if kinds and allocator != "system" and not hostenv.find_library(allocator):
     raise config_lib.ConfigError(
-        f"config.benchmark.peer_allocator: {b.peer_allocator} is not "
-        f"installed; {hostenv.install_hint(b.peer_allocator)} or use "
-        f"'system'.")
+        f"--peer_allocator: {allocator} is not installed; "
+        f"{hostenv.install_hint(allocator)} or use 'system'.")
   needed = {"transformers"} | ({"torch"} if "torch" in kinds else set())
   missing = sorted(m for m in needed if importlib.util.find_spec(m) is None)
   if kinds and missing:
     raise config_lib.ConfigError(
-        f"config.benchmark.peers={b.peers!r} needs {', '.join(missing)}, "
-        f"which is not installed; {peers.INSTALL_HINT}.")
+        f"--peers={','.join(kinds)} needs {', '.join(missing)}, which is not "
+        f"installed; {hf.INSTALL_HINT}.")
   fields = config_fields(config)
-  if b.objectives:
+  if settings.objectives:
     if kinds:
       raise config_lib.ConfigError(
-          "config.benchmark.objectives and config.benchmark.peers: time "
-          "objectives or peers in one run, not both; run twice.")
+          "--objectives and --peers: time objectives or peers in one run, "
+          "not both; run twice.")
     return [{**fields, "kind": "objective",
              "allocator": hostenv.loaded_allocator(), **record}
             for record in bench_objectives.time_objectives(
-                config, steps=b.steps, rounds=b.repeats)]
+                config, settings.objectives, steps=settings.steps,
+                rounds=settings.repeats)]
   if not kinds:
-    timing = benchmark.time_train_step(config, steps=b.steps,
-                                       repeats=b.repeats)
+    measured = timing.time_train_step(config, steps=settings.steps,
+                                      repeats=settings.repeats)
     return [{**fields, "kind": "ours",
              "allocator": hostenv.loaded_allocator(),
-             **dataclasses.asdict(timing)}]
+             **dataclasses.asdict(measured)}]
   results = peers.compare(
-      config, kinds=["ours", *kinds], steps=b.steps, repeats=b.repeats,
-      allocators={k: b.peer_allocator for k in kinds})
+      config, kinds=["ours", *kinds], steps=settings.steps,
+      repeats=settings.repeats, allocators={k: allocator for k in kinds})
   return [{**fields, **record} for record in results.values()]
 
 
@@ -125,7 +146,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
 
   'MFU bound' is the MFU of a step that took only as long as its matmuls
   (forward and both gradients) and its optimizer update, each timed alone
-  (`benchmark.matmul_seconds`, `benchmark.optimizer_seconds`); blank where
+  (`timing.matmul_seconds`, `timing.optimizer_seconds`); blank where
   not measured (peers).
 
   'Plain' is the first 'ours' record of the same size, batch, length and
@@ -194,9 +215,10 @@ def append_records(workdir: str | pathlib.Path,
     return [json.loads(line) for line in f if line.strip()]
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        settings: Settings = Settings()) -> str:
   """Measures `config`, records it in `workdir`; returns this run's table."""
-  records = measure(config)
+  records = measure(config, settings)
   everything = append_records(workdir, records)
   table = pathlib.Path(workdir) / TABLE
   tmp = table.with_suffix(".md.tmp")

@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from mlm_jax import benchmark
-from mlm_jax import peers
+from mlm_jax import synthetic
 from mlm_jax import tokenizer as tok
+from mlm_jax.bench import hf
+from mlm_jax.bench import timing
 
 
 
@@ -30,8 +31,8 @@ class TorchPeer(NamedTuple):
 
 def _word_level_tokenizer(vocab_size: int) -> Any:
   """A fast tokenizer over our ids, made offline: the collator needs one."""
-  tokenizers = peers.require("tokenizers")
-  transformers = peers.require("transformers")
+  tokenizers = hf.require("tokenizers")
+  transformers = hf.require("transformers")
   vocab = {piece: i for i, piece in enumerate(tok.SPECIAL_PIECES)}
   vocab.update({f"piece{i}": i
                 for i in range(tok.NUM_SPECIAL_TOKENS, vocab_size)})
@@ -47,11 +48,11 @@ def build_hf_torch(config: ml_collections.ConfigDict) -> TorchPeer:
   if config.model.dtype != "float32":
     raise ValueError("The torch peer runs float32 only; set "
                      "model.dtype='float32' to compare.")
-  torch = peers.require("torch")
-  transformers = peers.require("transformers")
+  torch = hf.require("torch")
+  transformers = hf.require("transformers")
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(config.seed)
-  model = transformers.BertForMaskedLM(peers.bert_config(config))
+  model = transformers.BertForMaskedLM(hf.bert_config(config))
   model.train()
   o = config.optim
   # Trainer.get_decay_parameter_names: no decay on biases and LayerNorm.
@@ -75,7 +76,7 @@ def build_hf_torch(config: ml_collections.ConfigDict) -> TorchPeer:
 def torch_batch(peer: TorchPeer, tokens: Any, special_mask: Any
                 ) -> dict[str, Any]:
   """The collator's masking of [B, L] long `tokens` (not modified)."""
-  torch = peers.require("torch")
+  torch = hf.require("torch")
   input_ids, labels = peer.collator.torch_mask_tokens(
       tokens.clone(), special_tokens_mask=special_mask)
   return {"input_ids": input_ids, "attention_mask": torch.ones_like(tokens),
@@ -85,7 +86,7 @@ def torch_batch(peer: TorchPeer, tokens: Any, special_mask: Any
 def torch_train_step(peer: TorchPeer, batch: dict[str, Any],
                      grad_clip: float) -> Any:
   """One step as Trainer takes it (no accumulation); returns the loss."""
-  torch = peers.require("torch")
+  torch = hf.require("torch")
   loss = peer.model(**batch).loss
   loss.backward()
   if grad_clip > 0:
@@ -99,17 +100,17 @@ def torch_train_step(peer: TorchPeer, batch: dict[str, Any],
 
 def time_hf_torch(config: ml_collections.ConfigDict, *, steps: int = 10,
                   repeats: int = 5, peak_flops: float | None = None
-                  ) -> benchmark.StepTiming:
+                  ) -> timing.StepTiming:
   """Times HF PyTorch BERT's MLM step, host masking included; medians.
 
   Eager PyTorch compiles nothing: lower and compile seconds are 0.
   Its peak host memory is this process's: see `peers.run_in_subprocess`.
   """
-  torch = peers.require("torch")
+  torch = hf.require("torch")
   peer = build_hf_torch(config)
   tokens = torch.from_numpy(
-      benchmark.synthetic_batch(config)["tokens"].astype(np.int64))
-  special = torch.from_numpy(peers.special_tokens_mask(tokens.numpy()))
+      synthetic.batch(config)["tokens"].astype(np.int64))
+  special = torch.from_numpy(hf.special_tokens_mask(tokens.numpy()))
   clip = config.optim.grad_clip
   torch_train_step(peer, torch_batch(peer, tokens, special), clip)  # warm-up
 
@@ -118,7 +119,7 @@ def time_hf_torch(config: ml_collections.ConfigDict, *, steps: int = 10,
       loss = torch_train_step(peer, torch_batch(peer, tokens, special), clip)
     loss.item()
 
-  times, peaks = benchmark.time_repeats(run, steps=steps, repeats=repeats,
+  times, peaks = timing.time_repeats(run, steps=steps, repeats=repeats,
                                         sample_peak=peak_flops is None)
-  return benchmark.step_timing(config, times, 0.0, 0.0, peak_flops,
+  return timing.step_timing(config, times, 0.0, 0.0, peak_flops,
                                peak_samples=peaks)
