@@ -121,8 +121,18 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     # A config file that raised while loading arrives as a flags error with
     # the whole traceback inside; its last line is the message that matters.
     lines = [l for l in str(e).splitlines() if l.strip()]
-    _fail(lines[0] if len(lines) == 1 else
-          f"{lines[0].split(':')[0]}: {lines[-1]}")
+    if len(lines) == 1:
+      _fail(lines[0])
+    flag = re.match(r"flag (--\w+)=", lines[0])
+    given = flag and next((a.split("=", 1)[-1] for i, a in enumerate(argv)
+                           if a.startswith(flag.group(1) + "=")), None)
+    if flag and given is None:  # `--config path` as two arguments
+      given = next((argv[i + 1] for i, a in enumerate(argv[:-1])
+                    if a == flag.group(1)), None)
+    where = f"{flag.group(1)} {given}" if given else lines[0].split(":")[0]
+    # "mlm_jax.errors.ConfigError: Unknown ..." -> "Unknown ...".
+    message = re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", lines[-1])
+    _fail(f"{where}: {message}")
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a field that does not
     # exist (with a spelling suggestion when it has one).

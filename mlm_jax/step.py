@@ -80,7 +80,8 @@ def train_step(state: TrainState, batch: Batch, *, task: Task,
   Returns:
     The new state and metrics, identical on every device: the objective's
     (sum, count) pairs over the global batch, `tokens` (non-padding tokens
-    trained on) and `grad_norm`.
+    trained on), `grad_norm` (before clipping) and `param_norm` (after
+    the update).
   """
   objective = task.objective
   corrupted = objective.corrupt(
@@ -131,6 +132,7 @@ def train_step(state: TrainState, batch: Batch, *, task: Task,
   metrics["tokens"] = losses.pair(jnp.sum(batch["tokens"] != tok.PAD_ID), 1.0)
   metrics = _psum(metrics, axis_name)
   metrics["grad_norm"] = losses.pair(grad_norm, 1.0)
+  metrics["param_norm"] = losses.pair(optim.global_norm(params), 1.0)
   new_state = TrainState(step=state.step + 1, params=params,
                          opt_state=opt_state)
   return new_state, metrics

@@ -24,6 +24,7 @@ from mlm_jax import checkpoint as ckpt_lib
 from mlm_jax import config as config_lib
 from mlm_jax import console
 from mlm_jax import event_writer
+from mlm_jax import flops
 from mlm_jax import metrics as metrics_lib
 from mlm_jax import objectives
 from mlm_jax import optim
@@ -218,9 +219,8 @@ class _Speed:
   and the devices' peak, for the MFU of each logging interval."""
 
   def __init__(self, par, config: ml_collections.ConfigDict):
-    matmuls = par.task.objective.matmuls(config.train.batch_size,
-                                         config.data.seq_len)
-    self.flops_per_step = 3.0 * sum(mm.flops for mm in matmuls)
+    self.flops_per_step = flops.train_flops_per_step(
+        par.task.objective, config.train.batch_size, config.data.seq_len)
     self._devices = par.num_devices
     self.peak, self._source = peaks.peak_flops_per_device()
 

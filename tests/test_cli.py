@@ -30,6 +30,8 @@ RUNS = {
     "bench_config_only": ("benchmark", "--config", TINY),
     "help_bad_variant": ("prepare_data", "--config",
                          "configs/bert.py:size=huge", "--helpshort"),
+    "bad_variant": ("pretrain", "--config", "configs/bert.py:size=huge",
+                    "--workdir", "/nonexistent"),
     "override": ("pretrain", "--config", TINY, "--workdir", "/nonexistent",
                  "--config.host.allocator=bogus"),
 }
@@ -113,6 +115,9 @@ def test_help_shows_the_values_of_the_variant(runs):
      "benchmark.jsonl and benchmark.md go), e.g. --workdir /tmp/mlm_bench"),
     ("help_bad_variant", "error: --config: Unknown model size 'huge'; use "
      "one of tiny, mini, small, medium, base, large."),
+    ("bad_variant", "error: --config configs/bert.py:size=huge: Unknown "
+     "model size 'huge'; use one of tiny, mini, small, medium, base, "
+     "large."),
     # An override still reaches the (locked) config and its checks.
     ("override", "error: config.host.allocator: unknown allocator 'bogus'; "
      "use 'jemalloc' (fast on CPU, memory returned), 'tcmalloc' or "

@@ -51,8 +51,8 @@ def test_objective_trains_evaluates_and_resumes(variant, tmp_path, cache_dir):
              .splitlines()]
   logged = [r for r in records if "loss" in r]
   assert [r["step"] for r in logged] == [2, 4]
-  expected = {"loss", "grad_norm", "tokens_per_s", "steps_per_s", "lr",
-              "eta_minutes"} | LOGGED[name]
+  expected = {"loss", "grad_norm", "param_norm", "tokens_per_s",
+              "steps_per_s", "mfu", "lr", "eta_minutes"} | LOGGED[name]
   assert set(logged[-1]) - {"step"} == expected
   assert {f"eval_{k}" for k in LOGGED[name] | {"loss"}} <= set(summary)
   assert all(np.isfinite(v) for r in records for k, v in r.items()
