@@ -114,6 +114,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Let tokens attend to other documents packed into the same example
   # (BERT); False restricts attention to the token's own document.
   config.model.attend_across_documents = True
+  # How the model knows where a token is: 'learned' (BERT's position
+  # embeddings) or 'alibi' (no position embeddings; a per-head penalty on
+  # attention linear in the distance between tokens, as MosaicBERT).
+  config.model.position_encoding = "learned"
 
   # The pre-training objective and each objective's settings (their fields
   # are commented where defined: mlm_jax/objectives/<name>.py).
@@ -180,11 +184,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.parallel.fsdp = 1
 
   config.host = ml_collections.ConfigDict()
-  # Memory allocator of the launcher's process on CPU: 'jemalloc' (with
-  # transparent huge pages; re-executes with it preloaded when installed),
-  # 'tcmalloc' (as fast, but may keep a second copy of the step's scratch)
-  # or 'system' (glibc: slowest). Figures: docs/benchmark/.
-  config.host.allocator = "jemalloc"
+  # Memory allocator of the launcher's process on CPU, preloaded by one
+  # re-execution: 'mimalloc' (installed with this package on Linux; the
+  # fastest), 'jemalloc' (apt install libjemalloc2; with transparent huge
+  # pages, less peak memory), 'tcmalloc' (apt install libtcmalloc-minimal4)
+  # or 'system' (glibc, untouched). When the one asked for is missing, glibc
+  # with its huge-page tunable. Measurements: docs/benchmark/.
+  config.host.allocator = "mimalloc"
 
   if variant.bench:
     # The peer benchmark's shape: BERT's vocabulary and sequence length, and

@@ -30,7 +30,7 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 # Memory allocators a launcher's process can run on (see hostenv.py).
-ALLOCATORS = ("jemalloc", "tcmalloc", "system")
+ALLOCATORS = ("mimalloc", "jemalloc", "tcmalloc", "system")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -98,6 +98,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
          "set a probability in [0, 1)")
   _check(m.dropout_rng in ("hash", "threefry"), "model.dropout_rng",
          f"unknown generator {m.dropout_rng!r}", "use 'hash' or 'threefry'")
+  _check(m.position_encoding in ("learned", "alibi"),
+         "model.position_encoding", f"unknown {m.position_encoding!r}",
+         "use 'learned' or 'alibi'")
   _check(d.seq_len >= 8, "data.seq_len", f"{d.seq_len} is too short",
          "use at least 8 ([CLS] and [SEP] take two slots)")
   _check(d.seq_len <= m.max_positions, "data.seq_len",

@@ -48,6 +48,7 @@ class EncoderConfig:
   remat: str = "none"
   attend_across_documents: bool = True
   dropout_rng: str = "hash"
+  position_encoding: str = "learned"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> EncoderConfig:
@@ -62,7 +63,7 @@ class EncoderConfig:
         pre_layer_norm=m.pre_layer_norm, layer_norm_eps=m.layer_norm_eps,
         init_std=m.init_std, dtype=m.dtype, scan_layers=m.scan_layers,
         remat=m.remat, attend_across_documents=m.attend_across_documents,
-        dropout_rng=m.dropout_rng)
+        dropout_rng=m.dropout_rng, position_encoding=m.position_encoding)
 
   @property
   def compute_dtype(self) -> Any:
@@ -138,14 +139,33 @@ def attention_bias(tokens: jax.Array, document_ids: jax.Array | None = None,
   return jnp.where(keep, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
+def alibi_slopes(num_heads: int) -> jax.Array:
+  """[N] ALiBi's per-head slopes: the geometric sequence 2^(-8 i / N)."""
+  return 2.0 ** (-8.0 * jnp.arange(1, num_heads + 1) / num_heads)
+
+
+def alibi_bias(positions: jax.Array, num_heads: int) -> jax.Array:
+  """[B, N, L, L] float32 linear distance penalty -slope_n * |q - k| (ALiBi
+  made symmetric for a bidirectional encoder, as in MosaicBERT), from the
+  [B, L] positions of the tokens."""
+  distance = jnp.abs(positions[:, :, None] - positions[:, None, :])
+  return (-alibi_slopes(num_heads)[None, :, None, None]
+          * distance[:, None].astype(jnp.float32))
+
+
 def encoder_bias(cfg: EncoderConfig, tokens: jax.Array,
                  document_ids: jax.Array | None = None,
-                 prefix_lengths: jax.Array | None = None) -> jax.Array:
+                 prefix_lengths: jax.Array | None = None,
+                 positions: jax.Array | None = None) -> jax.Array:
   """`attention_bias` as `cfg` asks: other documents hidden only when
-  `cfg.attend_across_documents` is False."""
+  `cfg.attend_across_documents` is False; plus ALiBi's distance penalty
+  (from `positions`) when `cfg.position_encoding` is 'alibi'."""
   if cfg.attend_across_documents:
     document_ids = None
-  return attention_bias(tokens, document_ids, prefix_lengths)
+  bias = attention_bias(tokens, document_ids, prefix_lengths)
+  if cfg.position_encoding == "alibi":
+    bias = bias + alibi_bias(positions, cfg.num_heads)
+  return bias
 
 
 class SelfAttention(nn.Module):
@@ -255,7 +275,9 @@ class Encoder(nn.Module):
                                      dtype=cfg.compute_dtype,
                                      param_dtype=jnp.float32, name=name)
     self.word_embeddings = embed(cfg.vocab_size, "word_embeddings")
-    self.position_embeddings = embed(cfg.max_positions, "position_embeddings")
+    # ALiBi encodes positions in attention only (no embedding).
+    self.position_embeddings = (embed(cfg.max_positions, "position_embeddings")
+                                if cfg.position_encoding == "learned" else None)
     self.token_type_embeddings = embed(cfg.type_vocab_size,
                                        "token_type_embeddings")
     self.embedding_norm = layer_norm(cfg, "embeddings_LayerNorm")
@@ -265,9 +287,11 @@ class Encoder(nn.Module):
                        if cfg.pre_layer_norm else None)
 
   def embed(self, tokens, segment_ids, positions, *, deterministic: bool):
-    """[B, L, H] embeddings: word + position + segment, normalised, dropout."""
-    x = (self.word_embeddings(tokens) + self.position_embeddings(positions)
-         + self.token_type_embeddings(segment_ids))
+    """[B, L, H] embeddings: word + position (learned encoding only) +
+    segment, normalised, dropout."""
+    x = self.word_embeddings(tokens) + self.token_type_embeddings(segment_ids)
+    if self.position_embeddings is not None:
+      x = x + self.position_embeddings(positions)
     x = self.embedding_norm(x.astype(self.cfg.compute_dtype))
     return self.embedding_dropout(x, deterministic)
 
@@ -285,7 +309,7 @@ class Encoder(nn.Module):
     """
     x = self.embed(tokens, segment_ids, positions, deterministic=deterministic)
     x = self.stack(x, encoder_bias(self.cfg, tokens, document_ids,
-                                   prefix_lengths), deterministic)
+                                   prefix_lengths, positions), deterministic)
     if self.final_norm is not None:
       x = self.final_norm(x)
     return x

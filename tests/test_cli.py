@@ -120,8 +120,7 @@ def test_help_shows_the_values_of_the_variant(runs):
      "large."),
     # An override still reaches the (locked) config and its checks.
     ("override", "error: config.host.allocator: unknown allocator 'bogus'; "
-     "use 'jemalloc' (fast on CPU, memory returned), 'tcmalloc' or "
-     "'system'."),
+     "use one of mimalloc, jemalloc, tcmalloc, system."),
 ])
 def test_errors_are_one_line(runs, run, line):
   p = runs[run]

@@ -1,4 +1,4 @@
-"""The launcher's allocator set-up: jemalloc or tcmalloc preloaded by re-execution."""
+"""The launcher's allocator set-up: mimalloc, jemalloc or tcmalloc preloaded by re-execution."""
 import os
 import subprocess
 import sys
@@ -34,7 +34,16 @@ def test_this_process_is_on_the_system_allocator():
   assert hostenv.loaded_allocator() == "system"
 
 
-@pytest.mark.parametrize("allocator", ["jemalloc", "tcmalloc"])
+def test_mimalloc_comes_with_the_package_on_linux():
+  # A dependency (cmeel-mimalloc) on Linux: no system package needed.
+  if not sys.platform.startswith("linux"):
+    pytest.skip("preloading is Linux-only")
+  library = hostenv.find_library("mimalloc")
+  assert library is not None and "site-packages" in library, library
+  assert hostenv.install_hint("mimalloc") == "pip install cmeel-mimalloc"
+
+
+@pytest.mark.parametrize("allocator", ["mimalloc", "jemalloc", "tcmalloc"])
 def test_allocator_is_preloaded_by_one_reexecution(allocator):
   if hostenv.find_library(allocator) is None:
     pytest.skip(f"{allocator} not installed ({hostenv.install_hint(allocator)})")
@@ -48,21 +57,42 @@ def test_system_allocator_is_left_alone():
 
 
 @pytest.mark.parametrize("allocator,package", [
-    ("jemalloc", "libjemalloc2"), ("tcmalloc", "libtcmalloc-minimal4")])
+    ("mimalloc", "cmeel-mimalloc"), ("jemalloc", "libjemalloc2"),
+    ("tcmalloc", "libtcmalloc-minimal4")])
 def test_missing_allocator_warns_and_runs_on(monkeypatch, tmp_path, allocator,
                                              package):
-  # The library looked for in an empty directory only.
+  # The library looked for in an empty directory only, and in no wheel.
   monkeypatch.setattr(hostenv, "_DIRS", (str(tmp_path),))
+  monkeypatch.setattr(hostenv, "_wheel_library", lambda allocator: None)
   assert hostenv.find_library(allocator) is None
   monkeypatch.delenv(hostenv.MARK, raising=False)
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
   with monkeypatch.context() as m:
-    warnings = []
+    warnings, reexecuted = [], []
     m.setattr(hostenv.logging, "warning",
               lambda msg, *a: warnings.append(msg % a))
+    m.setattr(hostenv, "_reexecute", reexecuted.append)
     if hostenv.loaded_allocator() == allocator:
       pytest.skip(f"the test run itself preloads {allocator}")
-    hostenv.use_allocator(allocator)  # returns instead of re-executing
+    hostenv.use_allocator(allocator)
   assert len(warnings) == 1 and package in warnings[0]
+  # Where glibc can, the run goes on with its huge-page tunable instead.
+  expected = hostenv.glibc_hugepages_env(dict(os.environ))
+  assert reexecuted == ([] if expected is None else [expected])
+
+
+def test_glibc_tunable_needs_a_recent_glibc_and_huge_pages(monkeypatch):
+  monkeypatch.setattr(hostenv, "_glibc_version", lambda: (2, 36))
+  monkeypatch.setattr(hostenv, "thp_mode", lambda: "madvise")
+  env = hostenv.glibc_hugepages_env({"A": "1"})
+  assert env == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+                 hostenv.MARK: "glibc.malloc.hugetlb=1"}
+  assert hostenv.glibc_hugepages_env({"GLIBC_TUNABLES": "x"}) is None
+  monkeypatch.setattr(hostenv, "thp_mode", lambda: "never")
+  assert hostenv.glibc_hugepages_env({}) is None
+  monkeypatch.setattr(hostenv, "thp_mode", lambda: "always")
+  monkeypatch.setattr(hostenv, "_glibc_version", lambda: (2, 31))
+  assert hostenv.glibc_hugepages_env({}) is None
 
 
 def test_a_failed_preload_does_not_loop(monkeypatch):
@@ -92,8 +122,8 @@ def test_jemalloc_gets_huge_pages_unless_configured_otherwise():
 def test_unknown_allocator_names_the_field():
   with pytest.raises(config_lib.ConfigError,
                      match=r"config\.host\.allocator: unknown allocator "
-                           r"'mimalloc'; use 'jemalloc'"):
-    hostenv.use_allocator("mimalloc")
+                           r"'hoard'; use one of mimalloc, jemalloc"):
+    hostenv.use_allocator("hoard")
 
 
 def test_a_missing_allocator_keeps_a_preloaded_one(monkeypatch, tmp_path):

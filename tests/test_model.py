@@ -310,10 +310,15 @@ def _np_encoder(params, cfg, tokens, segments, positions):
   operations), on the scanned parameter layout."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["bert"])
   x = (p["word_embeddings"]["embedding"][tokens]
-       + p["position_embeddings"]["embedding"][positions]
        + p["token_type_embeddings"]["embedding"][segments])
-  x = _np_layer_norm(x, p["embeddings_LayerNorm"])
   hide = np.where(tokens == tok.PAD_ID, -np.inf, 0.0)[:, None, None, :]
+  if cfg.position_encoding == "learned":
+    x = x + p["position_embeddings"]["embedding"][positions]
+  else:  # ALiBi: head n (1-based) of N adds -2^(-8n/N) |q - k|
+    slopes = 2.0 ** (-8.0 * np.arange(1, cfg.num_heads + 1) / cfg.num_heads)
+    distance = np.abs(positions[:, :, None] - positions[:, None, :])
+    hide = hide - slopes[None, :, None, None] * distance[:, None]
+  x = _np_layer_norm(x, p["embeddings_LayerNorm"])
   head_dim = cfg.hidden_size // cfg.num_heads
   for i in range(cfg.num_layers):
     lp = jax.tree.map(lambda a, i=i: a[i], p["encoder"]["layers"]["layer"])
@@ -345,11 +350,14 @@ def _np_encoder(params, cfg, tokens, segments, positions):
   return x
 
 
-@pytest.mark.parametrize("pre_layer_norm", [False, True])
-def test_encoder_matches_a_numpy_bert(pre_layer_norm):
+@pytest.mark.parametrize("pre_layer_norm,position_encoding", [
+    (False, "learned"), (True, "learned"), (True, "alibi")])
+def test_encoder_matches_a_numpy_bert(pre_layer_norm, position_encoding):
   # Pins the architecture (scaling, exact GELU, where the LayerNorms and
-  # residuals sit) that a Hugging Face import relies on.
-  cfg = _cfg(pre_layer_norm=pre_layer_norm)
+  # residuals sit) that a Hugging Face import relies on; and ALiBi's
+  # distance penalty in place of position embeddings (MosaicBERT).
+  cfg = _cfg(pre_layer_norm=pre_layer_norm,
+             position_encoding=position_encoding)
   params = _random_params(cfg, seed=3)
   batch = _batch()
   _, hidden = _run(cfg, params, batch)
@@ -504,6 +512,17 @@ def test_each_dropout_rate_is_used(dropout, attention_dropout):
   det, _ = _run(cfg, params, _batch(), True)
   drop, _ = _run(cfg, params, _batch(), False)
   assert not np.allclose(det, drop)
+
+
+def test_alibi_has_no_position_embeddings_and_sees_only_distances():
+  cfg = _cfg(position_encoding="alibi")
+  params = _random_params(cfg, seed=5)
+  assert "position_embeddings" not in params["bert"]
+  tokens, segments, positions, slots = _batch(real=(8, 8))
+  _, hidden = _run(cfg, params, (tokens, segments, positions, slots))
+  # Shifting every position by the same amount changes no distance.
+  _, shifted = _run(cfg, params, (tokens, segments, positions + 3, slots))
+  np.testing.assert_allclose(shifted, hidden, atol=1e-5)
 
 
 def test_segment_ids_and_positions_change_the_output():

@@ -162,7 +162,8 @@ class ElectraModel(nn.Module):
     embedded = self.bert.embed(masked, segments, positions,
                                deterministic=deterministic)
     hidden = self.generator(
-        embedded, model_lib.encoder_bias(self.cfg, masked, documents),
+        embedded, model_lib.encoder_bias(self.generator_cfg, masked,
+                                         documents, positions=positions),
         deterministic)
     slots, weights = batch["mask_positions"], batch["weights"]
     noise = exp_noise(batch["sample_keys"],
