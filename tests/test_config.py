@@ -90,7 +90,7 @@ def test_fsdp_needs_jit():
 
 def test_vocab_must_match_tokenizer():
   cfg = load("size=tiny,runlocal")
-  config_lib.validate(cfg, num_devices=1, tokenizer_vocab_size=8000)
+  config_lib.validate(cfg, num_devices=1, tokenizer_vocab_size=cfg.vocab_size)
   with pytest.raises(config_lib.ConfigError,
                      match=r"set --config.vocab_size=5000"):
     config_lib.validate(cfg, num_devices=1, tokenizer_vocab_size=5000)

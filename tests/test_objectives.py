@@ -35,6 +35,7 @@ def test_bert_mlm_through_the_seam_reproduces_the_pre_seam_step():
   cfg = _small()
   # The smoke config as it was when the golden values were recorded.
   cfg.model.pre_layer_norm = False
+  cfg.model.position_encoding = "learned"
   cfg.optim.lr, cfg.optim.b2 = 3e-3, 0.999
   cfg.train.num_steps = 400
   cfg.model.dropout = cfg.model.attention_dropout = 0.1
@@ -125,3 +126,30 @@ def test_flops_come_from_the_objective():
       mm.flops for mm in objective.matmuls(8, 32))
   names = [mm.name for mm in objective.matmuls(8, 32)]
   assert names[-2:] == ["head transform", "vocabulary projection"]
+
+
+def test_evaluation_counts_accuracy_at_the_mask_slots_apart():
+  cfg = _small()
+  task = train.build_task(cfg)
+  obj = task.objective
+  params = jax.jit(functools.partial(step_lib.init_state, task, 32))().params
+  batch = synthetic.batch(cfg, seed=3)
+  corrupted = obj.corrupt(batch, jax.random.key(7))
+  evaluated = obj.module().apply({"params": params}, corrupted,
+                                 deterministic=True)
+  trained = obj.module().apply({"params": params}, corrupted,
+                               deterministic=False,
+                               rngs={"dropout": jax.random.key(0)})
+  assert "mlm_accuracy_at_mask" not in trained  # evaluation only
+  module = obj.module()
+  logits = module.apply(
+      {"params": params}, corrupted["tokens"], corrupted["segment_ids"],
+      corrupted["positions"], corrupted["mask_positions"],
+      method=module.logits)
+  slots = np.asarray(corrupted["mask_positions"])
+  inputs = np.take_along_axis(np.asarray(corrupted["tokens"]), slots, 1)
+  at_mask = (np.asarray(corrupted["weights"]) > 0) & (inputs == 4)  # [MASK]
+  correct = np.asarray(logits).argmax(-1) == np.asarray(corrupted["labels"])
+  got = np.asarray(evaluated["mlm_accuracy_at_mask"])
+  assert got[1] == at_mask.sum() > 0
+  assert got[0] == (correct & at_mask).sum()

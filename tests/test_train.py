@@ -62,6 +62,20 @@ def test_launcher_trains_evaluates_checkpoints_and_resumes_exactly(
   assert (work / "tokenizer.model").exists()
   assert (ckpts / "4" / "data").is_dir()  # the loader's position
   full = train_losses(work)
+  # The same metrics as TensorBoard events, read back by TensorBoard.
+  from tensorboard.backend.event_processing import event_accumulator
+  runs = {}
+  for run in ("train", "eval"):
+    acc = event_accumulator.EventAccumulator(str(work / "tensorboard" / run))
+    acc.Reload()
+    runs[run] = {t: [(e.step, e.value) for e in acc.Scalars(t)]
+                 for t in acc.Tags()["scalars"]}
+  np.testing.assert_allclose([v for _, v in runs["train"]["loss"]],
+                             [full[s] for s in sorted(full)], rtol=1e-6)
+  assert {"mfu", "lr", "grad_norm", "param_norm", "tokens_per_s",
+          "mlm_accuracy"} <= set(runs["train"])
+  assert [s for s, _ in runs["eval"]["loss"]] == [4, 8]
+  assert "mlm_accuracy_at_mask" in runs["eval"]
 
   # Lose the last checkpoint, as after a crash: the rerun resumes at step 4
   # and reproduces steps 5..8 exactly (same data, same masks, same state).

@@ -241,8 +241,9 @@ def prepare_offline_tfds(
 ) -> str:
   """Prepares this environment's offline corpus as a tfds dataset, once.
 
-  Without TensorFlow. Run it in one process: concurrent preparations of the
-  same data_dir race in tfds.
+  Without TensorFlow. Concurrent preparations of the same data_dir (two
+  runs sharing a cache) each build it; the first to finish wins and the
+  others use its dataset.
 
   Args:
     data_dir: the tfds data_dir (local or `gs://...`).
@@ -264,7 +265,15 @@ def prepare_offline_tfds(
   if builder.is_prepared():
     logging.info("Reusing the tfds dataset %s in %s.", name, builder.data_dir)
     return name
-  builder.download_and_prepare(  # Logs "Prepared the tfds dataset ...".
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  try:
+    builder.download_and_prepare(  # Logs "Prepared the tfds dataset ...".
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except FileExistsError:
+    # Another process (a second run sharing the cache) finished the same
+    # dataset first; tfds's final rename found it there. Use it.
+    if not builder.is_prepared():
+      raise
+    logging.info("Reusing the tfds dataset %s in %s (prepared meanwhile by "
+                 "another process).", name, builder.data_dir)
   return name

@@ -120,10 +120,13 @@ class BertForPreTraining(nn.Module):
                                         batch["pair_label"],
                                         batch["pair_weight"])
     m = self.metric
-    return {"mlm_loss": losses.pair(sums.loss, sums.count),
-            "mlm_accuracy": losses.pair(sums.correct, sums.count),
-            f"{m}_loss": losses.pair(pair.loss, pair.count),
-            f"{m}_accuracy": losses.pair(pair.correct, pair.count)}
+    out = {"mlm_loss": losses.pair(sums.loss, sums.count),
+           "mlm_accuracy": losses.pair(sums.correct, sums.count),
+           f"{m}_loss": losses.pair(pair.loss, pair.count),
+           f"{m}_accuracy": losses.pair(pair.correct, pair.count)}
+    if deterministic:  # Evaluation only.
+      out["mlm_accuracy_at_mask"] = self.mlm.accuracy_at_mask(batch, hidden)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
