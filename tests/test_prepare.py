@@ -1,6 +1,7 @@
 """Preparation: source -> tokenizer -> packed ArrayRecord shards + manifest."""
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -176,3 +177,21 @@ def test_failed_build_leaves_nothing_that_looks_complete(cache_dir, tmp_path,
 def test_unknown_source_is_a_config_error(cache_dir):
   with pytest.raises(config_lib.ConfigError, match="config.data.source"):
     prepare.prepare(small_config(cache_dir, source="c4"))
+
+
+def test_a_build_finished_meanwhile_by_another_process_is_used(
+    cache_dir, tmp_path, monkeypatch):
+  # Two runs sharing a cache prepare the same dataset; the other one
+  # renames its copy into place while this one builds.
+  target = tmp_path / "t"
+  winner = prepare.prepare(small_config(cache_dir, dir=str(tmp_path / "w")))
+  real_build = prepare._build
+
+  def build_and_lose_the_race(config, s, tmp):
+    built = real_build(config, s, tmp)
+    shutil.copytree(tmp_path / "w", target)
+    return built
+  monkeypatch.setattr(prepare, "_build", build_and_lose_the_race)
+  data = prepare.prepare(small_config(cache_dir, dir=str(target)))
+  assert data.manifest["examples"] == winner.manifest["examples"]
+  assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

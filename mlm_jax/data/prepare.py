@@ -239,9 +239,17 @@ def prepare(config: ml_collections.ConfigDict) -> PreparedData:
                                       prefix=f".{directory.name}.tmp-"))
   try:
     built = _build(config, s, tmp)
-    if directory.exists():
+    if directory.exists() and not manifest.exists():
       directory.rmdir()  # empty, checked above
     os.replace(tmp, directory)
+  except OSError:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not manifest.exists():
+      raise
+    # Another process (a run sharing the cache) finished the same dataset
+    # first: use it (checked against this config like any other).
+    logging.info("%s was prepared meanwhile by another process.", directory)
+    return prepare(config)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
