@@ -43,3 +43,32 @@ def word_starts(vocab_size: int, seed: int = 0) -> np.ndarray:
   starts = np.random.default_rng(seed).random(vocab_size) < 2 / 3
   starts[:tok.NUM_SPECIAL_TOKENS] = True
   return starts
+
+
+def batch_of(tokens: np.ndarray) -> dict[str, np.ndarray]:
+  """The host batch of given [B, L] `tokens` (one segment; positions
+  0, 1, ... at real tokens and 0 at [PAD]; example ids 0, 1, ...)."""
+  b, l = tokens.shape
+  real = tokens != tok.PAD_ID
+  return {"tokens": tokens, "segment_ids": np.zeros_like(tokens),
+          "positions": np.where(real, np.arange(l), 0).astype(np.int32),
+          "example_id": np.arange(b, dtype=np.uint32)}
+
+
+def token_rows(rng: np.random.Generator, batch: int, length: int,
+               vocab_size: int, pad_from: int | None = None,
+               seps: int = 0) -> np.ndarray:
+  """[batch, length] int32 rows [CLS] ordinary tokens [SEP] [PAD]..., with
+  about 2% [UNK] and `seps` inner [SEP]s; each row ends at `length` or, with
+  `pad_from`, at a random point from there on (masking tests)."""
+  t = rng.integers(tok.NUM_SPECIAL_TOKENS, vocab_size, size=(batch, length))
+  t[rng.random(t.shape) < 0.02] = tok.UNK_ID
+  for _ in range(seps):
+    t[np.arange(batch), rng.integers(2, length - 2, batch)] = tok.SEP_ID
+  t[:, 0] = tok.CLS_ID
+  ends = (np.full(batch, length - 1) if pad_from is None
+          else rng.integers(pad_from, length, size=batch))
+  for i, e in enumerate(ends):
+    t[i, e] = tok.SEP_ID
+    t[i, e + 1:] = tok.PAD_ID
+  return t.astype(np.int32)

@@ -11,6 +11,7 @@ from configs_loader import load_config
 from mlm_jax import config as config_lib
 from mlm_jax import masking
 from mlm_jax import model as model_lib
+from mlm_jax import synthetic
 from mlm_jax import tokenizer as tok
 from mlm_jax.objectives import electra
 
@@ -33,10 +34,7 @@ def _batch(seed=0):
   tokens = rng.integers(tok.NUM_SPECIAL_TOKENS, V, (B, L)).astype(np.int32)
   tokens[:, 0], tokens[:, -1] = tok.CLS_ID, tok.SEP_ID
   tokens[2, 9], tokens[2, 10:] = tok.SEP_ID, tok.PAD_ID
-  real = tokens != tok.PAD_ID
-  return {"tokens": tokens, "segment_ids": np.zeros_like(tokens),
-          "positions": np.where(real, np.arange(L), 0).astype(np.int32),
-          "example_id": np.arange(B, dtype=np.uint32)}
+  return synthetic.batch_of(tokens)
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlm_jax import masking
+from mlm_jax import synthetic
 from mlm_jax import tokenizer as tok
 
 Z = 5.0  # two-sided false-alarm probability ~6e-7 per check
@@ -25,15 +26,7 @@ def _tolerance(p, n):
 
 def _batch(rng, batch, length, pad_from=None):
   """[CLS] ordinary tokens [SEP] [PAD]..., with some [UNK] sprinkled in."""
-  t = rng.integers(tok.NUM_SPECIAL_TOKENS, VOCAB, size=(batch, length))
-  t[rng.random(t.shape) < 0.02] = tok.UNK_ID
-  t[:, 0] = tok.CLS_ID
-  ends = (np.full(batch, length - 1) if pad_from is None
-          else rng.integers(pad_from, length, size=batch))
-  for i, e in enumerate(ends):
-    t[i, e] = tok.SEP_ID
-    t[i, e + 1:] = tok.PAD_ID
-  return t.astype(np.int32)
+  return synthetic.token_rows(rng, batch, length, VOCAB, pad_from)
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mlm_jax import masking
+from mlm_jax import synthetic
 from mlm_jax import tokenizer as tok
 
 Z = 5.0
@@ -26,17 +27,7 @@ WORD_STARTS[:tok.NUM_SPECIAL_TOKENS] = True
 
 def _batch(rng, batch, length, pad_from=None, seps=0):
   """[CLS] ordinary tokens (with [UNK]s and `seps` inner [SEP]s) [SEP] [PAD]."""
-  t = rng.integers(tok.NUM_SPECIAL_TOKENS, VOCAB, size=(batch, length))
-  t[rng.random(t.shape) < 0.02] = tok.UNK_ID
-  for _ in range(seps):
-    t[np.arange(batch), rng.integers(2, length - 2, batch)] = tok.SEP_ID
-  t[:, 0] = tok.CLS_ID
-  ends = (np.full(batch, length - 1) if pad_from is None
-          else rng.integers(pad_from, length, size=batch))
-  for i, e in enumerate(ends):
-    t[i, e] = tok.SEP_ID
-    t[i, e + 1:] = tok.PAD_ID
-  return t.astype(np.int32)
+  return synthetic.token_rows(rng, batch, length, VOCAB, pad_from, seps)
 
 
 @functools.lru_cache(maxsize=None)
