@@ -20,6 +20,8 @@ from typing import Any, Mapping, TextIO
 import jax
 from absl import logging as absl_logging
 
+from mlm_jax import hostenv
+
 
 def _is_terminal(stream: TextIO) -> bool:
   try:
@@ -176,11 +178,14 @@ def end_summary(*, workdir: str, last_checkpoint: str | None,
 
 
 def devices_line() -> str:
-  """'8 x TPU v4 (tpu) on 2 hosts', '1 x cpu (cpu)'."""
+  """'8 x TPU v4 (tpu) on 2 hosts', '1 x cpu (cpu), mimalloc allocator'."""
   d = jax.devices()[0]
   hosts = jax.process_count()
-  return (f"{jax.device_count()} x {d.device_kind} ({d.platform})"
+  line = (f"{jax.device_count()} x {d.device_kind} ({d.platform})"
           + (f" on {hosts} hosts" if hosts > 1 else ""))
+  if d.platform == "cpu":  # where the host allocator sets the speed
+    line += f", {hostenv.loaded_allocator()} allocator"
+  return line
 
 
 def layout_line(parallel: Any, num_devices: int) -> str:
@@ -188,8 +193,10 @@ def layout_line(parallel: Any, num_devices: int) -> str:
   if parallel.mode == "pmap":
     return f"pmap over {num_devices} devices"
   fsdp = parallel.fsdp
-  return (f"jit over a mesh of {num_devices // fsdp} data"
-          + (f" x {fsdp} fsdp" if fsdp > 1 else "") + " devices")
+  data = num_devices // fsdp
+  return (f"jit over a mesh of {data} data" + (f" x {fsdp} fsdp" if fsdp > 1
+                                                else "")
+          + (" device" if num_devices == 1 else " devices"))
 
 
 def parameter_count(params: Any) -> int:

@@ -92,8 +92,8 @@ def test_launcher_trains_evaluates_checkpoints_and_resumes_exactly(
   assert (work / "metrics.jsonl").read_text() == before
   # The log opens with what runs where, ends with where the results are,
   # and the config as run is in the workdir, readable.
-  assert "Devices: 4 x cpu (cpu); jit over a mesh of 4 data devices" in \
-      proc.stderr
+  assert "Devices: 4 x cpu (cpu), mimalloc allocator; jit over a mesh of " \
+      "4 data devices" in proc.stderr
   assert "Resuming at step 8 of 8" in proc.stderr
   assert f"last checkpoint: {ckpts / '8'}" in proc.stderr
   assert "best held-out loss:" in proc.stderr
