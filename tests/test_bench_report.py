@@ -121,9 +121,9 @@ def test_the_run_config_holds_no_benchmark_settings():
 def test_unknown_peer_allocator_is_a_config_error():
   with pytest.raises(config_lib.ConfigError,
                      match=r"--peer_allocator: unknown allocator "
-                           r"'mimalloc'"):
+                           r"'hoard'"):
     report.measure(small_config(),
-                   quick(peers=("flax",), peer_allocator="mimalloc"))
+                   quick(peers=("flax",), peer_allocator="hoard"))
 
 
 def test_objectives_are_timed_interleaved_against_the_configs_own(tmp_path):

@@ -32,6 +32,7 @@ from mlm_jax.bench import timing  # noqa: E402
 def tiny(**optim):
   cfg = load_config("size=tiny,runlocal")
   cfg.model.pre_layer_norm = False  # Hugging Face's BERT is post-LN
+  cfg.model.position_encoding = "learned"  # ... with position embeddings
   cfg.vocab_size, cfg.train.batch_size, cfg.data.seq_len = 512, 4, 32
   m = cfg.model
   m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size = 2, 64, 2, 256
@@ -243,8 +244,10 @@ def test_allocator_env_strips_or_sets_the_preload(monkeypatch):
     peers.allocator_env("tcmalloc", environ)
   with pytest.raises(ValueError, match="libjemalloc2"):
     peers.allocator_env("jemalloc", environ)
-  with pytest.raises(ValueError, match="use one of jemalloc, tcmalloc"):
+  with pytest.raises(ValueError, match="pip install cmeel-mimalloc"):
     peers.allocator_env("mimalloc", environ)
+  with pytest.raises(ValueError, match="use one of mimalloc, jemalloc"):
+    peers.allocator_env("hoard", environ)
 
 
 def test_host_pairs_make_bert_and_albert_negatives():
@@ -278,6 +281,7 @@ def test_objective_peers_train_and_time(objective):
   needs()
   cfg = load_config(f"size=tiny,runlocal,objective={objective}")
   cfg.model.pre_layer_norm = False  # Hugging Face's BERT is post-LN
+  cfg.model.position_encoding = "learned"  # ... with position embeddings
   cfg.vocab_size, cfg.train.batch_size, cfg.data.seq_len = 512, 4, 32
   m = cfg.model
   m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size = 2, 64, 2, 256

@@ -40,9 +40,12 @@ def require(module: str) -> types.ModuleType:
 def bert_config(config: ml_collections.ConfigDict) -> Any:
   """Our model config as a `transformers.BertConfig` (post-LN BERT)."""
   m = config.model
-  if m.pre_layer_norm or not m.attend_across_documents:
-    raise ValueError("Hugging Face's BERT is post-LN and attends across "
-                     "documents; set model.pre_layer_norm=False and "
+  if (m.pre_layer_norm or not m.attend_across_documents
+      or m.position_encoding != "learned"):
+    raise ValueError("Hugging Face's BERT is post-LN, has learned position "
+                     "embeddings and attends across documents; set "
+                     "model.pre_layer_norm=False, "
+                     "model.position_encoding=learned and "
                      "model.attend_across_documents=True to compare.")
   transformers = require("transformers")
   return transformers.BertConfig(
