@@ -43,7 +43,7 @@ def test_two_hosts_read_disjoint_shares_covering_the_split(tmp_path):
            for line in (tmp_path / f"out{i}.txt").read_text().splitlines()]
           for i in range(2)]
   assert len(seen[0]) == len(seen[1]) == 5
-  all_rows, all_ids = [], []
+  all_rows = []
   for step in range(5):
     a, b = seen[0][step], seen[1][step]
     assert len(a) == len(b) == 4

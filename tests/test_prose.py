@@ -4,7 +4,7 @@ import pytest
 
 from mlm_jax.data import prose
 
-DOCSTRING = f'''Compute the thing from the other thing, which is a long sentence
+DOCSTRING = '''Compute the thing from the other thing, which is a long sentence
 wrapped over two lines of the docstring.
 
 Example::
