@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import resource
 import statistics
 import time
@@ -35,6 +36,7 @@ from mlm_jax import flops
 from mlm_jax import objectives
 from mlm_jax import optim
 from mlm_jax import parallel
+from mlm_jax import peaks as peaks_lib
 from mlm_jax import step as step_lib
 from mlm_jax import synthetic
 from mlm_jax import train
@@ -201,10 +203,11 @@ def time_repeats(run: Callable[[int], Any], *, steps: int, repeats: int,
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-  """Measured float32 matmul throughput of the default device, FLOP/s."""
-  x = jnp.ones((n, n), jnp.float32)
-  seconds = _best_seconds(jax.jit(lambda a: a @ a), x, repeats=repeats)
-  return 2.0 * n ** 3 / seconds * jax.local_device_count()
+  """Measured float32 matmul throughput of the host's devices, FLOP/s: the
+  training loop's measurement (`peaks`), larger and `repeats` times."""
+  return peaks_lib.measure_matmul_flops(
+      n=n, budget_seconds=math.inf,
+      max_repeats=repeats) * jax.local_device_count()
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ a classifier on the pooled [CLS] state: loss = MLM + pair loss.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Mapping
 
@@ -148,11 +149,11 @@ class SentencePairObjective(base.Objective):
   def module(self) -> nn.Module:
     return BertForPreTraining(self.encoder, self.name)
 
+  @abc.abstractmethod
   def make_pairs(self, batch: base.Batch, key: jax.Array,
                  axis_name: str | None) -> tuple[base.Batch, jax.Array,
                                                  jax.Array]:
     """(encoder fields of the pairs, [B] int32 labels, [B] float weights)."""
-    raise NotImplementedError
 
   def corrupt(self, batch, key, *, axis_name=None):
     fields, label, weight = self.make_pairs(batch, key, axis_name)
