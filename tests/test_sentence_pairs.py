@@ -75,13 +75,15 @@ def test_sop_swaps_the_segments_and_their_ids():
   np.testing.assert_array_equal(fields["tokens"][62:], tok.PAD_ID)
 
 
-def test_nsp_negatives_take_another_examples_b_segment():
+def test_nsp_negatives_take_another_examples_text_as_long_as_their_own_b():
   batch = _pairs(np.random.default_rng(1), 64, pad_rows=2)
   fields, label, weight = _make(nsp.NextSentence, batch)
   np.testing.assert_array_equal(weight, [1] * 62 + [0, 0])
-  b_of = {}
+  text_of = {}
   for r in range(62):
-    b_of[r] = _segments(batch["tokens"][r], batch["segment_ids"][r])[1]
+    a, b = _segments(batch["tokens"][r], batch["segment_ids"][r])
+    text_of[r] = a + b
+  same_length = 0
   for r in range(62):
     a, b = _segments(batch["tokens"][r], batch["segment_ids"][r])
     new_a, new_b = _segments(fields["tokens"][r], fields["segment_ids"][r])
@@ -89,14 +91,17 @@ def test_nsp_negatives_take_another_examples_b_segment():
     if not label[r]:
       assert new_b == b
       continue
-    # A prefix of another example's B (cut to fit), never its own.
-    others = [s for s, other in b_of.items()
-              if s != r and other[:len(new_b)] == new_b]
-    assert others and new_b and len(a) + len(new_b) + 3 <= L
+    # The start of another example's text (its A, then its B), as long as
+    # this example's B unless that text is shorter.
+    others = [s for s, text in text_of.items()
+              if s != r and text[:len(new_b)] == new_b]
+    assert others and new_b
+    assert len(new_b) == min(len(b), max(len(text_of[s]) for s in others))
+    same_length += len(new_b) == len(b)
     real = fields["tokens"][r] != tok.PAD_ID
     np.testing.assert_array_equal(fields["positions"][r],
                                   np.where(real, np.arange(L), 0))
-
+  assert same_length > label.sum() // 2
 
 @pytest.mark.parametrize("cls", [nsp.NextSentence, sop.SentenceOrder])
 def test_negative_rate_is_kept(cls):

@@ -1,7 +1,12 @@
 """Next-sentence prediction (BERT): does B follow A, or come from elsewhere?
 
-Half the pairs (`negative_rate`) get the B segment of another example of
-the global batch (label 1), truncated to fit. The partner is chosen from
+Half the pairs (`negative_rate`) get a B segment from another example of
+the global batch (label 1): the partner's text from its first sentence on
+(its [CLS] and [SEP] left out), as many tokens as the example's own B, so a
+negative is as long as the positive it replaces. (Taking the partner's B
+as it is would change the example's length, a shortcut that a model with
+learned positions finds instead of the sentences' relation; BERT, too,
+fills a random B up to the target length.) The partner is chosen from
 the example ids, not from row or device positions: examples are ranked by
 id over the whole global batch and each is paired with the one a random
 number of ranks after it, so 1 device, pmap and jit over a mesh, on any
@@ -71,13 +76,19 @@ class NextSentence(sentence_pairs.SentencePairObjective):
     negative = (is_pair & every_pair[partner] & (take(u[:, 0])
                                                  < self.negative_rate)
                 & (every_id.shape[0] > 1))
-    # A's part, then the partner's B (its [SEP] included), cut to fit with
-    # a [SEP] kept at the end.
+    # A's part, then the partner's text tokens from its start, as many as
+    # this example's B holds (fewer if the partner has fewer), then [SEP].
     p = jnp.arange(width, dtype=jnp.int32)[None, :]
-    their_b, their_len = every_b[partner][:, None], every_len[partner][:, None]
-    new_len = jnp.minimum(b_start[:, None] + their_len - their_b, width)
-    source = jnp.clip(their_b + p - b_start[:, None], 0, width - 1)
-    theirs = jnp.take_along_axis(every_token[partner], source, axis=1)
+    their = every_token[partner]
+    text = ((their != tok.PAD_ID) & (their != tok.CLS_ID)
+            & (their != tok.SEP_ID))
+    # Positions of the partner's text tokens first, in order.
+    order = jnp.argsort(~text, axis=1, stable=True)
+    fill = jnp.minimum(length - b_start - 1, jnp.sum(text, axis=1))
+    new_len = (b_start + fill + 1)[:, None]
+    source = jnp.take_along_axis(
+        order, jnp.clip(p - b_start[:, None], 0, width - 1), axis=1)
+    theirs = jnp.take_along_axis(their, source, axis=1)
     built = jnp.where(p < b_start[:, None], tokens,
                       jnp.where(p < new_len, theirs, tok.PAD_ID))
     built = jnp.where(p == new_len - 1, tok.SEP_ID, built)
