@@ -169,8 +169,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.eval_batches = 0
   # Write a checkpoint every this many steps (and at the end).
   config.train.checkpoint_every = 10_000
-  # Checkpoints kept on disk; older ones are deleted.
+  # Checkpoints kept on disk; older ones are deleted. The checkpoint with
+  # the best held-out loss is kept apart (<workdir>/best) and never deleted.
   config.train.max_to_keep = 3
+  # Stop when the held-out loss has not improved by more than min_delta
+  # for this many evaluations in a row (0: never stop early).
+  config.train.early_stopping_patience = 0
+  config.train.early_stopping_min_delta = 0.0
   # Write checkpoints in the background while training continues.
   config.train.async_checkpoint = True
 

@@ -2,7 +2,9 @@
 
 Items of a step directory (`<workdir>/<step>/<item>`): `state`, the train state
 pytree (step, params, optimizer state; sharded or replicated); `config`, the
-run config (JSON); `data`, the data-iterator state (JSON, when given).
+run config (JSON); `data`, the data-iterator state (JSON, when given);
+`progress`, the best held-out loss and early-stopping counters (JSON, when
+given; `early_stopping.Progress`).
 
 A state holding NaN/Inf is never saved, so a diverged run cannot rotate good
 checkpoints away. Restores go into the caller's abstract state (shapes, dtypes,
@@ -34,6 +36,7 @@ ITEMS = {
     "state": (ocp.args.StandardSave, ocp.args.StandardRestore),
     "config": (ocp.args.JsonSave, ocp.args.JsonRestore),
     "data": (ocp.args.JsonSave, ocp.args.JsonRestore),
+    "progress": (ocp.args.JsonSave, ocp.args.JsonRestore),
 }
 REQUIRED_ITEMS = ("state", "config")
 
@@ -56,6 +59,8 @@ class Restored(NamedTuple):
   config: dict
   # The data-iterator state; None when the checkpoint holds none.
   data: dict | None
+  # Best loss and early-stopping counters; None when the checkpoint has none.
+  progress: dict | None = None
 
 
 @jax.jit
@@ -143,7 +148,8 @@ class Checkpointer:
         self.directory, options=options, handler_registry=registry)
 
   def save(self, step: int, state: PyTree, *, config: dict,
-           data: dict | None = None, force: bool = False) -> bool:
+           data: dict | None = None, progress: dict | None = None,
+           force: bool = False) -> bool:
     """Saves if `step` is on the save interval (or `force`) and not yet saved.
 
     Returns whether a save started. With async_save, returns once the arrays
@@ -155,7 +161,8 @@ class Checkpointer:
     if not force and not self._manager.should_save(step):
       return False
     check_finite(state)
-    items = {"state": state, "config": config, "data": data}
+    items = {"state": state, "config": config, "data": data,
+             "progress": progress}
     args = {name: ITEMS[name][0](value) for name, value in items.items()
             if value is not None}
     return self._manager.save(
@@ -217,6 +224,12 @@ class Checkpointer:
         f"No checkpoint in {self.directory} could be restored. Tried {tried}"
     ) from failures[-1][1]
 
+  def restore_config(self, step: int) -> dict:
+    """The config a step was written with (nothing else is read)."""
+    out = self._manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return out["config"]
+
   def _restore_step(self, step: int, abstract_state: PyTree) -> Restored:
     # Optional items are restored when the step holds them; a step missing a
     # required item is damaged (the restore fails).
@@ -242,7 +255,8 @@ class Checkpointer:
             "state's layout)? Restore the checkpoint's config, or use a new "
             "--workdir to start afresh.") from e
       raise
-    return Restored(step, out["state"], out["config"], out.get("data"))
+    return Restored(step, out["state"], out["config"], out.get("data"),
+                    out.get("progress"))
 
   def _move_aside(self, steps: list[int]) -> None:
     """Renames damaged step dirs so they are no longer steps (nor deleted)."""

@@ -138,6 +138,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
          "use a divisor of batch_size / devices")
   _check(t.num_steps > 0, "train.num_steps", f"{t.num_steps} is not positive",
          "train for at least one step")
+  for field in ("log_every", "eval_every", "checkpoint_every"):
+    _check(t[field] > 0, f"train.{field}", f"{t[field]} is not positive",
+           f"set it to a number of steps, e.g. {t.num_steps}")
+  _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
+         f"{t.early_stopping_patience} is negative", "use 0 (off) or more")
+  _check(t.early_stopping_min_delta >= 0, "train.early_stopping_min_delta",
+         f"{t.early_stopping_min_delta} is negative",
+         "use 0 or a positive loss difference")
   _check(config.host.allocator in ALLOCATORS,
          "host.allocator", f"unknown allocator {config.host.allocator!r}",
          f"use one of {', '.join(ALLOCATORS)}")

@@ -164,13 +164,16 @@ def start_summary(*, devices: str, parallel: str, parameters: int,
 
 def end_summary(*, workdir: str, last_checkpoint: str | None,
                 best: tuple[int, float] | None, metrics_path: str,
-                events_dir: str | None) -> list[str]:
+                events_dir: str | None,
+                best_checkpoint: str | None = None) -> list[str]:
   """The lines that close a run's log: where its results are."""
   lines = [f"Results in {workdir}:"]
   if last_checkpoint:
     lines.append(f"  last checkpoint: {last_checkpoint}")
   if best is not None:
     lines.append(f"  best held-out loss: {best[1]:.4g} at step {best[0]}")
+  if best_checkpoint:
+    lines.append(f"  best checkpoint: {best_checkpoint}")
   lines.append(f"  metrics: {metrics_path}")
   if events_dir:
     lines.append(f"  TensorBoard: tensorboard --logdir {events_dir}")

@@ -9,12 +9,13 @@ exact data position.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import pathlib
 import shutil
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -23,6 +24,7 @@ from absl import logging
 from mlm_jax import checkpoint as ckpt_lib
 from mlm_jax import config as config_lib
 from mlm_jax import console
+from mlm_jax import early_stopping
 from mlm_jax import event_writer
 from mlm_jax import flops
 from mlm_jax import metrics as metrics_lib
@@ -30,6 +32,7 @@ from mlm_jax import objectives
 from mlm_jax import optim
 from mlm_jax import parallel
 from mlm_jax import peaks
+from mlm_jax import pretrained
 from mlm_jax import step as step_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.data import loader
@@ -60,7 +63,7 @@ def _to_device(batches: Iterator, put, depth: int = 2) -> Iterator:
 
 def _keep_tokenizer(data: prepare.PreparedData, workdir: pathlib.Path) -> None:
   """Copies the tokenizer next to the checkpoints; refuses a different one."""
-  target = workdir / "tokenizer.model"
+  target = workdir / pretrained.TOKENIZER
   if target.exists():
     if target.read_bytes() != data.tokenizer.path.read_bytes():
       raise config_lib.ConfigError(
@@ -140,14 +143,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                config.data.seq_len, config.parallel.fsdp)
   t = config.train
   with ckpt_lib.Checkpointer(
-      workdir / "checkpoints", save_interval_steps=t.checkpoint_every,
+      workdir / CHECKPOINTS, save_interval_steps=t.checkpoint_every,
       max_to_keep=t.max_to_keep, async_save=t.async_checkpoint
-  ) as checkpointer:
+  ) as checkpointer, ckpt_lib.Checkpointer(
+      workdir / BEST, save_interval_steps=1, max_to_keep=1,
+      async_save=t.async_checkpoint) as best_checkpointer:
     restored = checkpointer.restore(par.abstract_state())
+    progress = early_stopping.Progress()
     if restored is None:
       state, start, next_index = par.init_state(), 0, 0
     else:
       state, start = par.from_global(restored.state), restored.step
+      progress = early_stopping.Progress.from_json(restored.progress)
       # Checkpoints without a data state predate it: position = step * batch.
       next_index = (restored.data or loader.state_after(
           0, start, t.batch_size))[loader.STATE_KEY]
@@ -170,19 +177,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       logging.info("%s", line)
     writer = _Writers(workdir, resume_step=start)
     with writer:
-      if start >= config.train.num_steps:
+      if start >= config.train.num_steps or progress.stopped_at is not None:
+        if progress.stopped_at is not None:
+          logging.info("%s", early_stopping.reason(
+              progress, patience=t.early_stopping_patience,
+              min_delta=t.early_stopping_min_delta))
         logging.info("The run in %s is complete (step %d).", workdir, start)
         summary = _evaluate_and_log(par, state, data, config, start, writer)
       else:
-        summary = _train_loop(config, par, state, start, next_index, data,
-                              checkpointer, writer, speed)
+        run = _Run(config, par, data, checkpointer, best_checkpointer, writer,
+                   speed)
+        summary = _train_loop(run, state, start, next_index, progress)
     checkpointer.wait()
+    best_checkpointer.wait()
     last = checkpointer.latest_step()
+    best_step = best_checkpointer.latest_step()
   for line in console.end_summary(
       workdir=str(workdir),
       last_checkpoint=(None if last is None else
                        str(checkpointer.directory / str(last))),
       best=metrics_lib.best_eval(workdir / "metrics.jsonl"),
+      best_checkpoint=(None if best_step is None else
+                       str(best_checkpointer.directory / str(best_step))),
       metrics_path=str(workdir / "metrics.jsonl"),
       events_dir=str(workdir / _EVENTS)):
     logging.info("%s", line)
@@ -190,6 +206,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 _EVENTS = "tensorboard"
+# The workdir's checkpoint folders: the latest ones, and the best one (the
+# lowest held-out loss, kept apart so that max_to_keep never deletes it).
+CHECKPOINTS, BEST = pretrained.CHECKPOINTS, pretrained.BEST
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What the training loop works with, fixed for the run."""
+  config: ml_collections.ConfigDict
+  par: Any
+  data: prepare.PreparedData
+  checkpointer: ckpt_lib.Checkpointer
+  best_checkpointer: ckpt_lib.Checkpointer
+  writer: "_Writers"
+  speed: "_Speed"
 
 
 class _Writers:
@@ -262,51 +293,81 @@ def write_config(config: ml_collections.ConfigDict,
   os.replace(tmp, path)
 
 
-def _train_loop(config, par, state, start, next_index, data, checkpointer,
-                writer, speed) -> dict[str, float]:
-  """Steps from `start` to the end, logging, evaluating and checkpointing.
+def _train_loop(run: _Run, state, start: int, next_index: int,
+                progress: early_stopping.Progress) -> dict[str, float]:
+  """Steps from `start` to the end (or an early stop), logging, evaluating
+  and checkpointing.
 
   `next_index` is the data stream position of step `start`'s batch.
   """
+  config, par = run.config, run.par
   t, num_steps = config.train, config.train.num_steps
   schedule = optim.learning_rate_schedule(config.optim, num_steps)
   batches = _to_device(loader.train_iterator(
-      data.source("train"), global_batch=t.batch_size, seed=config.seed,
+      run.data.source("train"), global_batch=t.batch_size, seed=config.seed,
       next_index=next_index, process_index=jax.process_index(),
       process_count=jax.process_count(), threads=config.data.loader_threads),
       par.put_batch)
   summary: dict[str, float] = {}
   meter = metrics_lib.IntervalMeter(par.fetch,
                                     par.task.objective.loss_weights)
-  with console.Progress(start, num_steps) as progress:
+  with console.Progress(start, num_steps) as bar:
     for step in range(start, num_steps):
       state, step_metrics = par.train_step(state, next(batches))
       meter.add(step_metrics)
       done = step + 1
       if step == start:  # Report compilation apart from the step time.
         seconds = meter.first_step_seconds()
-        writer.write(done, {"first_step_seconds": seconds})
+        run.writer.write(done, {"first_step_seconds": seconds})
         logging.info("First step (with compilation) took %.1fs", seconds)
       if meter.has_pending and (done % t.log_every == 0 or done == num_steps):
         summary = _interval_summary(meter, schedule, done, num_steps)
         if "steps_per_s" in summary:
-          summary["mfu"] = speed.mfu(summary["steps_per_s"])
+          summary["mfu"] = run.speed.mfu(summary["steps_per_s"])
         _log(done, num_steps, summary)
-        writer.write(done, summary)
-        progress.report(summary)
-      progress.update(done)
+        run.writer.write(done, summary)
+        bar.report(summary)
+      bar.update(done)
       paused_at = time.monotonic()
       with meter.paused():
+        outcome = None
         if done % t.eval_every == 0 or done == num_steps:
-          summary.update(_evaluate_and_log(par, state, data, config, done,
-                                           writer))
-        if checkpointer.should_save(done) or done == num_steps:
-          checkpointer.save(
-              done, par.to_global(state), config=config.to_dict(),
-              data=loader.state_after(next_index, done - start, t.batch_size),
-              force=True)
-      progress.pause_clock(time.monotonic() - paused_at)
+          values = _evaluate_and_log(par, state, run.data, config, done,
+                                     run.writer)
+          summary.update(values)
+          outcome = early_stopping.update(
+              progress, done, values["eval_loss"],
+              patience=t.early_stopping_patience,
+              min_delta=t.early_stopping_min_delta)
+          progress = outcome.progress
+        saved = dict(config=config.to_dict(), progress=progress.to_json(),
+                     data=loader.state_after(next_index, done - start,
+                                             t.batch_size))
+        if outcome is not None and outcome.is_best:
+          _save_best(run, state, done, progress, saved)
+        stop = outcome is not None and outcome.stop
+        if run.checkpointer.should_save(done) or done == num_steps or stop:
+          run.checkpointer.save(done, par.to_global(state), force=True,
+                                **saved)
+      bar.pause_clock(time.monotonic() - paused_at)
+      if stop:
+        logging.info("%s", early_stopping.reason(
+            progress, patience=t.early_stopping_patience,
+            min_delta=t.early_stopping_min_delta))
+        break
   return summary
+
+
+def _save_best(run: _Run, state, step: int,
+               progress: early_stopping.Progress, saved: dict) -> None:
+  """Keeps `state` as the best checkpoint and says so in the log and in
+  metrics.jsonl (`best_step`)."""
+  run.best_checkpointer.save(step, run.par.to_global(state), force=True,
+                             **saved)
+  run.writer.write(step, {"best_step": step})
+  logging.info("Best held-out loss so far (%.4g) at step %d: kept in %s",
+               progress.best_loss, step,
+               run.best_checkpointer.directory / str(step))
 
 
 def _interval_summary(meter, schedule, done: int,

@@ -1,0 +1,89 @@
+"""Best checkpoint and early stopping: the pure rule, and the launcher
+stopping where an uninterrupted run would after a resume."""
+import pytest
+
+from mlm_jax import early_stopping as es
+from test_train import launch, records
+
+
+def _run(losses, patience, min_delta=0.0):
+  progress, outcomes = es.Progress(), []
+  for i, loss in enumerate(losses):
+    outcome = es.update(progress, (i + 1) * 10, loss, patience=patience,
+                        min_delta=min_delta)
+    progress = outcome.progress
+    outcomes.append(outcome)
+    if outcome.stop:
+      break
+  return progress, outcomes
+
+
+def test_stops_after_patience_evaluations_without_progress():
+  progress, outcomes = _run([5.0, 4.0, 4.5, 4.2, 4.1, 3.0], patience=3)
+  assert [o.is_best for o in outcomes] == [True, True, False, False, False]
+  assert progress.stopped_at == 50 and progress.best_step == 20
+  assert progress.best_loss == 4.0 and progress.stale_evals == 3
+
+
+def test_min_delta_counts_small_gains_as_stale_but_best_is_the_lowest():
+  progress, outcomes = _run([5.0, 4.95, 4.9, 4.85], patience=3,
+                            min_delta=0.1)
+  assert all(o.is_best for o in outcomes)
+  assert progress.stopped_at == 40 and progress.best_step == 40
+
+
+def test_patience_zero_never_stops():
+  progress, _ = _run([1.0] + [2.0] * 50, patience=0)
+  assert progress.stopped_at is None and progress.stale_evals == 50
+
+
+def test_progress_round_trips_through_json_and_old_checkpoints():
+  progress, _ = _run([3.0, 2.0, 2.5], patience=5)
+  assert es.Progress.from_json(progress.to_json()) == progress
+  assert es.Progress.from_json(None) == es.Progress()
+
+
+@pytest.mark.parametrize("bad", ["early_stopping_patience=-1",
+                                 "early_stopping_min_delta=-0.5",
+                                 "eval_every=0", "log_every=0"])
+def test_bad_settings_are_one_line(tmp_path, cache_dir, bad):
+  proc = launch(tmp_path / "w", cache_dir, f"--config.train.{bad}",
+                check=False)
+  assert proc.returncode == 2
+  field = bad.split("=")[0]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f"error: config.train.{field}: ")
+  assert not (tmp_path / "w").exists()
+
+
+# A learning rate that makes the held-out loss rise after step 2, so the
+# best checkpoint is older than the latest, and a min_delta no evaluation
+# can beat, so the stop does not depend on loss values.
+STOP = ["--config.optim.lr=0.3", "--config.train.eval_every=2",
+        "--config.train.checkpoint_every=2", "--config.train.max_to_keep=1",
+        "--config.train.early_stopping_patience=3",
+        "--config.train.early_stopping_min_delta=100"]
+
+
+def test_resumed_run_stops_where_an_uninterrupted_one_would(tmp_path,
+                                                            cache_dir):
+  work = tmp_path / "run"
+  # Interrupted after 4 steps (1 stale evaluation), then resumed.
+  launch(work, cache_dir, *STOP, "--config.train.num_steps=4")
+  proc = launch(work, cache_dir, *STOP, "--config.train.num_steps=20")
+  evals = {r["step"]: r["eval_loss"] for r in records(work)
+           if "eval_loss" in r}
+  # Evaluations 2 (best), 4, 6, 8 (3 stale): stop at 8, not at 12 as a run
+  # that forgot its counters would.
+  assert sorted(evals) == [2, 4, 6, 8]
+  assert "Stopped early at step 8" in proc.stderr
+  best = min(evals, key=evals.get)
+  assert [p.name for p in (work / "best").iterdir()] == [str(best)]
+  assert [p.name for p in (work / "checkpoints").iterdir()
+          if p.name.isdigit()] == ["8"]
+  assert [r["step"] for r in records(work) if "best_step" in r] == [best]
+  assert f"best checkpoint: {work / 'best' / str(best)}" in proc.stderr
+  # A stopped run launched again says so and trains no further.
+  proc = launch(work, cache_dir, *STOP, "--config.train.num_steps=20")
+  assert "Stopped early at step 8" in proc.stderr
+  assert max(r["step"] for r in records(work)) == 8
