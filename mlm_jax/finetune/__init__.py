@@ -1,0 +1,1 @@
+"""Fine-tuning: downstream tasks on a pre-trained encoder."""
