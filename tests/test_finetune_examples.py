@@ -89,6 +89,10 @@ def test_bad_files(tmp_path):
         "train", match="no column 'txt'.*set --config.task.text_columns")
   error(examples.read_split, spec(write(tmp_path / "e.csv", "text,label\n")),
         "train", match=r"The train split \(.*e.csv\) has no examples")
+  error(examples.read_split, spec(write(tmp_path / "z.csv", "")),
+        "train", match=r"The train split \(.*z.csv\) has no examples")
+  error(examples.read_split, spec(tmp_path / "x.csv", train=str(tmp_path)),
+        "train", match="does not exist")  # A directory is not a file.
   error(examples.read_split, spec(write(tmp_path / "f.csv",
                                         "text,label\na,b,c\n")),
         "train", match=r"f.csv:2: 3 fields where the header has 2")

@@ -108,8 +108,9 @@ def _files(spec: TaskSpec, split: str) -> list[str]:
   path = (spec.path_or_name.replace("{split}", value)
           if "{split}" in spec.path_or_name
           else os.path.join(spec.path_or_name, value))
-  paths = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
-  if not paths or not os.path.isfile(paths[0]):
+  paths = sorted(filter(os.path.isfile, glob.glob(path) if glob.has_magic(
+      path) else [path]))
+  if not paths:
     raise TaskDataError(
         f"The {split} split's file {path} does not exist; set "
         f"--config.task.{split} (relative to --config.task.path_or_name, a "
@@ -128,7 +129,10 @@ def _read_table(path: str, spec: TaskSpec, split: str) -> Iterator[Example]:
   delimiter = "\t" if spec.source == "tsv" else ","
   with _open(path) as f:
     reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-    columns = [c.strip() for c in next(reader, [])]
+    header = next(reader, None)
+    if header is None:  # An empty file: an empty split, if no other file.
+      return
+    columns = [c.strip() for c in header]
     _check_columns(spec, split, columns, f"{path} (its first line, the "
                    "header)")
     while True:

@@ -88,11 +88,11 @@ def encode(examples: Sequence[Example], tokenizer: tok.Tokenizer, *,
   if kind == "tagging":
     return _encode_words(examples, tokenizer, index, max_len)
   counts = {len(e.texts) for e in examples}
-  if len(counts) != 1 or not counts <= {1, 2}:
+  if len(counts) > 1 or not counts <= {1, 2}:
     raise TaskDataError(f"Examples of {sorted(counts)} texts; each must "
                         "have 1 text, or each 2 (a pair task).")
   texts = [tokenizer.encode([e.texts[i] for e in examples])
-           for i in range(counts.pop())]
+           for i in range(max(counts, default=1))]
   tokens, segments, truncated = [], [], 0
   for pieces in zip(*texts):
     kept = _fit([len(p) for p in pieces], max_len - 1 - len(pieces))
