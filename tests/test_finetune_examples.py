@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from mlm_jax.errors import ConfigError
 from mlm_jax.finetune import examples
+from mlm_jax.finetune import offline_task
 from mlm_jax.finetune import tasks
 from mlm_jax.finetune.examples import Example
 
@@ -255,3 +256,24 @@ def test_tfds_errors(tmp_path):
         match="tfds glue/cola has no feature 'labl'; its features are "
         "sentence, label, idx; set --config.task.label_column")
   assert not any(tmp_path.iterdir())
+
+
+def test_reads_the_offline_task(tmp_path):
+  """The offline downstream task's files are a JSONL task by defaults."""
+  lines = [json.dumps({"text": f"Doc {i} of {package}, on {package} things.",
+                       "source": f"site-packages/{package}/m{i}.py"})
+           for package in ("alpha", "beta", "gamma") for i in range(40)]
+  corpus = write(tmp_path / "corpus.jsonl", "\n".join(lines) + "\n")
+  paths = offline_task.offline_task(tmp_path, corpus_path=corpus,
+                                    num_classes=2, max_chars=None,
+                                    min_per_class=2)
+  task = tasks.TaskSpec.from_config(_config(
+      path_or_name=str(paths["train"].parent / "{split}.jsonl"),
+      kind="classification", test="test"))
+  got = {split: examples.read_split(task, split) for split in paths}
+  for split, path in paths.items():
+    assert got[split] == [Example((text,), label) for text, label in
+                          offline_task.read_examples(path)]
+  vocab = examples.label_vocabulary(got["train"], task.kind)
+  assert vocab == tuple(sorted(offline_task.class_names(paths)))
+  examples.check_labels(vocab, got["dev"] + got["test"], "dev and test")
