@@ -48,19 +48,22 @@ class Outcome:
 
 
 def update(progress: Progress, step: int, loss: float, *, patience: int,
-           min_delta: float) -> Outcome:
+           min_delta: float, higher_is_better: bool = False) -> Outcome:
   """The progress after an evaluation of `loss` at `step`.
 
   Args:
     progress: before this evaluation.
     step: the step evaluated.
-    loss: its held-out loss (lower is better).
+    loss: its held-out loss (lower is better), or a score with
+      `higher_is_better` (e.g. a fine-tuning task's dev accuracy).
     patience: evaluations without progress before stopping; 0: never stop.
     min_delta: the improvement that counts as progress.
+    higher_is_better: whether larger values are better.
   """
   best = progress.best_loss
-  is_best = best is None or loss < best
-  progressed = best is None or loss < best - min_delta
+  sign = -1.0 if higher_is_better else 1.0
+  is_best = best is None or sign * loss < sign * best
+  progressed = best is None or sign * loss < sign * best - min_delta
   stale = 0 if progressed else progress.stale_evals + 1
   stop = patience > 0 and stale >= patience
   new = Progress(
@@ -71,9 +74,10 @@ def update(progress: Progress, step: int, loss: float, *, patience: int,
   return Outcome(new, is_best, stop)
 
 
-def reason(progress: Progress, *, patience: int, min_delta: float) -> str:
+def reason(progress: Progress, *, patience: int, min_delta: float,
+           metric: str = "held-out loss") -> str:
   """Why a stopped run stopped, in one sentence."""
-  return (f"Stopped early at step {progress.stopped_at}: the held-out loss "
+  return (f"Stopped early at step {progress.stopped_at}: the {metric} "
           f"has not improved by more than {min_delta:g} for {patience} "
           f"evaluations; the best is {progress.best_loss:.4g} at step "
           f"{progress.best_step}.")

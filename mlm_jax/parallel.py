@@ -8,6 +8,9 @@ which one runs:
   train_step(s, b)      -> (state, metrics)
   lower_train_step(s, b) the lowered step (to time compilation apart)
   eval_step(s, b)       -> metrics
+  predict(s, b)         -> per-example predictions of objectives that make
+                           them (fine-tuning tasks: `objective.predict`),
+                           one global array
   to_global(s)          the state as one global pytree (for checkpoints)
   abstract_state()      shapes, dtypes and shardings to restore a checkpoint
   from_global(s)        a restored global state -> this wrapper's layout
@@ -52,6 +55,9 @@ class _Wrapper:
   def eval_step(self, state, batch):
     return self._eval(state.params, batch)
 
+  def predict(self, state, batch):
+    return self._predict(state.params, batch)
+
 
 class PmapParallel(_Wrapper):
   """Data parallelism with `jax.pmap` over the local devices, axis 'data'."""
@@ -67,6 +73,10 @@ class PmapParallel(_Wrapper):
     self._eval = jax.pmap(
         functools.partial(step_lib.eval_step, task=task, axis_name=DATA_AXIS),
         axis_name=DATA_AXIS)
+    if hasattr(task.objective, "predict"):
+      predict = jax.pmap(task.objective.predict, axis_name=DATA_AXIS)
+      self._predict = lambda params, batch: jax.tree.map(
+          lambda x: x.reshape((-1,) + x.shape[2:]), predict(params, batch))
 
   @property
   def num_devices(self) -> int:
@@ -160,6 +170,11 @@ class MeshParallel(_Wrapper):
         functools.partial(step_lib.eval_step, task=task),
         in_shardings=(self.state_sharding.params, self.batch_sharding),
         out_shardings=replicated)
+    if hasattr(task.objective, "predict"):
+      self._predict = jax.jit(
+          task.objective.predict,
+          in_shardings=(self.state_sharding.params, self.batch_sharding),
+          out_shardings=replicated)
 
   @property
   def num_devices(self) -> int:

@@ -32,6 +32,18 @@ def test_min_delta_counts_small_gains_as_stale_but_best_is_the_lowest():
   assert progress.stopped_at == 40 and progress.best_step == 40
 
 
+def test_higher_is_better_for_scores():
+  progress, outcomes = None, []
+  progress = es.Progress()
+  for i, score in enumerate([0.5, 0.7, 0.69, 0.75, 0.7, 0.7]):
+    outcome = es.update(progress, i, score, patience=2, min_delta=0.0,
+                        higher_is_better=True)
+    progress = outcome.progress
+    outcomes.append(outcome.is_best)
+  assert outcomes == [True, True, False, True, False, False]
+  assert progress.best_loss == 0.75 and progress.stopped_at == 5
+
+
 def test_patience_zero_never_stops():
   progress, _ = _run([1.0] + [2.0] * 50, patience=0)
   assert progress.stopped_at is None and progress.stale_evals == 50
