@@ -22,7 +22,6 @@ import ml_collections
 
 from mlm_jax import checkpoint as ckpt_lib
 from mlm_jax import config as config_lib
-from mlm_jax import objectives
 from mlm_jax import step as step_lib
 from mlm_jax import tokenizer as tokenizer_lib
 from mlm_jax.objectives import base

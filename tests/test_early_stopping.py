@@ -33,8 +33,7 @@ def test_min_delta_counts_small_gains_as_stale_but_best_is_the_lowest():
 
 
 def test_higher_is_better_for_scores():
-  progress, outcomes = None, []
-  progress = es.Progress()
+  progress, outcomes = es.Progress(), []
   for i, score in enumerate([0.5, 0.7, 0.69, 0.75, 0.7, 0.7]):
     outcome = es.update(progress, i, score, patience=2, min_delta=0.0,
                         higher_is_better=True)
