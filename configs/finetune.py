@@ -40,7 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # below. Source 'offline' is the task made from the offline corpus.
   config.task = tasks.task_config()
   config.task.source = "offline"
-  config.task.kind = "classification"
+  # Train on the first this many training examples only (0: all), e.g.
+  # for learning curves or a quick run.
+  config.task.max_train_examples = 0
   # Tokens per example, [CLS] and [SEP] included; longer texts are cut.
   config.task.max_len = 128
   # Batches come in this many fixed lengths up to max_len, so the step
@@ -101,10 +103,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.host.allocator = "mimalloc"
 
   if variant.task.startswith("glue/"):
-    config.task.source, config.task.kind = "", ""  # GLUE's table
+    config.task.source = ""  # GLUE's table
     config.task.path_or_name = variant.task
   elif variant.task == "files":
-    config.task.source, config.task.kind = "", ""  # from the files
+    config.task.source = ""  # from the files' extension
   elif variant.task != "offline":
     raise config_lib.ConfigError(
         f"Unknown task variant {variant.task!r}; use offline, files or a "

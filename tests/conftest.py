@@ -43,3 +43,24 @@ def cache_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("mlm_jax_cache")
   offline.offline_corpus(path / "corpora")
   return path
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory, cache_dir):
+  """A tiny pre-training workdir (checkpoints, best, tokenizer), trained
+  once per session in process, for the tests that use a checkpoint."""
+  import sys
+  sys.path.insert(0, os.path.dirname(__file__))
+  from configs_loader import load_config
+  from mlm_jax import train
+  cfg = load_config("size=tiny,runlocal")
+  cfg.data.cache_dir = str(cache_dir)
+  cfg.vocab_size, cfg.tokenizer.model_type = 400, "bpe"
+  cfg.data.max_documents, cfg.data.seq_len = 300, 64
+  cfg.train.batch_size, cfg.train.num_steps = 16, 60
+  cfg.train.log_every, cfg.train.eval_every = 20, 30
+  cfg.train.checkpoint_every, cfg.train.eval_batches = 30, 2
+  cfg.optim.lr, cfg.optim.warmup_steps = 5e-3, 5
+  workdir = tmp_path_factory.mktemp("pretrained") / "run"
+  train.train_and_evaluate(cfg, str(workdir))
+  return workdir
