@@ -132,6 +132,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, pretrained_run,
   for p in (pretrained_run / "checkpoints").iterdir():
     os.symlink(p, no_tokenizer / "checkpoints" / p.name)
   files = lambda train_, dev: ["--config.task.source=csv",
+                               "--config.task.kind=classification",
                                f"--config.task.train={train_}",
                                f"--config.task.dev={dev}", ok, cache]
   cases = {
