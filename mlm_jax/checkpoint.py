@@ -224,6 +224,12 @@ class Checkpointer:
         f"No checkpoint in {self.directory} could be restored. Tried {tried}"
     ) from failures[-1][1]
 
+  def mismatch(self, step: int, abstract_state: PyTree) -> list[str]:
+    """How a step's arrays differ from `abstract_state` (names, shapes),
+    read from its metadata only; [] when they match."""
+    return _mismatch(abstract_state,
+                     self._manager.item_metadata(step)["state"].tree)
+
   def restore_config(self, step: int) -> dict:
     """The config a step was written with (nothing else is read)."""
     out = self._manager.restore(

@@ -69,6 +69,10 @@ def resolve(workdir: str | os.PathLike, which: str | int = "latest"
     for p in folder.iterdir() if folder.is_dir() else []:
       if p.name.isdigit() and (p / "state").is_dir():
         steps.setdefault(int(p.name), folder)
+  if not steps and (root / "results.json").exists():
+    raise PretrainedError(
+        f"{root} is a fine-tuning workdir, not a pre-training one; give the "
+        "--workdir of experiments/pretrain.py.")
   if not steps:
     what = ("no best checkpoint (it is kept from the first evaluation on, "
             "by runs of this version)" if which == "best"
@@ -110,7 +114,19 @@ def load(workdir: str | os.PathLike, which: str | int = "latest"
           "not the one this run was trained with.")
     task = _task(config, tokenizer)
     abstract = _abstract_state(task, config.data.seq_len)
-    restored = checkpointer.restore(abstract, step=step)
+    problems = checkpointer.mismatch(step, abstract)
+    if problems:
+      raise PretrainedError(
+          f"{folder / str(step)} does not hold the model its config "
+          f"describes ({problems[0]}; {len(problems)} differences): it was "
+          "written by another version or edited; use another checkpoint or "
+          "run.")
+    try:
+      restored = checkpointer.restore(abstract, step=step)
+    except ckpt_lib.CheckpointRestoreError as e:
+      raise PretrainedError(
+          f"{folder / str(step)} cannot be read ({str(e)[:300]}); use "
+          "another checkpoint ('latest', 'best' or a step).") from None
   return Pretrained(config=config, objective=task.objective,
                     params=restored.state.params, tokenizer=tokenizer,
                     step=step, path=folder / str(step))
