@@ -94,6 +94,12 @@ def test_each_kind_from_local_files(tmp_path, pretrained_run, cache_dir):
   cfg.train.num_epochs, cfg.train.scores = 3, "pearson,spearman"
   r = run.finetune(cfg, str(tmp_path / "reg"))["seeds"][0]
   assert r["dev_pearson"] > 0.3, r
+  # Early stopping on the dev score: no gain can beat min_delta, so the run
+  # stops after `patience` evaluations past the first, at a known step.
+  cfg.train.eval_every, cfg.train.early_stopping_patience = 5, 2
+  cfg.train.early_stopping_min_delta, cfg.train.metric = 100.0, "spearman"
+  r = run.finetune(cfg, str(tmp_path / "reg_stop"))["seeds"][0]
+  assert (r["stopped_at"], r["steps"]) == (15, 15), r
 
   # Tagging from CoNLL: capitalised words are entities.
   blocks = []
