@@ -19,10 +19,10 @@ _WORKDIR = flags.DEFINE_string(
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "latest", f"Which checkpoint: {pretrained.WHICH_HELP}.")
 _TEXT = flags.DEFINE_multi_string(
-    "text", None, "Text with one or more literal [MASK]; repeat the flag for "
-    "several texts. One [MASK] stands for ONE token piece (a subword of the "
+    "text", None, "Text with one or more literal [MASK] (repeat the flag for "
+    "several texts). One [MASK] stands for ONE token piece (a subword of the "
     "run's SentencePiece vocabulary), not a word: a word the vocabulary "
-    "splits in two needs [MASK][MASK].")
+    "cuts in two needs [MASK][MASK]")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Candidates shown per [MASK].",
                               lower_bound=1)
 _MODE = flags.DEFINE_enum(
@@ -33,8 +33,7 @@ _MODE = flags.DEFINE_enum(
 _ITERATIONS = flags.DEFINE_integer(
     "iterations", None, "Mask-predict's passes over each text (default: its "
     "number of masks).", lower_bound=1)
-cli.require(workdir="/tmp/mlm_smoke",
-            text="'Return the [MASK] of the array.'")
+cli.require(workdir="/tmp/mlm_smoke")
 flags.register_multi_flags_validator(
     ["mode", "iterations"],
     lambda v: v["iterations"] is None or v["mode"] == "mask_predict",
@@ -47,6 +46,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs()
   with cli.one_line_errors():
+    if not _TEXT.value:
+      raise fill_mask.FillMaskError(
+          "--text is required (a text with one or more [MASK]), e.g. --text "
+          "'Return the [MASK] of the array.'")
     model = pretrained.load(_WORKDIR.value, _CHECKPOINT.value)
     results = fill_mask.fill_mask(model, _TEXT.value, top_k=_TOP_K.value,
                                   mode=_MODE.value,
