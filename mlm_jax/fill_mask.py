@@ -109,19 +109,24 @@ def _generator_logits(module, tokens, segment_ids, positions, mask_positions,
 
 def logits_fn(model: pretrained.Pretrained):
   """jit(params, tokens, mask_positions) -> [B, P, V] float32 logits, for
-  [B, L] tokens (a text per row, [PAD] after it) and [B, P] positions."""
-  name = model.objective.name
-  if name in MLM_HEAD:
-    module, method = mlm.BertForMaskedLM(model.objective.encoder_config), (
-        "logits")
-  elif name == "electra":
-    module, method = model.objective.module(), _generator_logits
-  else:
+  [B, L] tokens (a text per row, [PAD] after it) and [B, P] positions;
+  compiled once per objective (and shapes), however many calls."""
+  if model.objective.name not in SUPPORTED:
     raise FillMaskError(
         f"the checkpoint {model.path} was pre-trained with objective "
-        f"{name!r}, which predicts from the left context only and has no "
-        f"masked-token head to fill masks with; use a checkpoint of "
-        f"{', '.join(SUPPORTED)}.")
+        f"{model.objective.name!r}, which predicts from the left context "
+        "only and has no masked-token head to fill masks with; use a "
+        f"checkpoint of {', '.join(SUPPORTED)}.")
+  return _compiled(model.objective)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(objective):
+  if objective.name in MLM_HEAD:
+    module = mlm.BertForMaskedLM(objective.encoder_config)
+    method = "logits"
+  else:
+    module, method = objective.module(), _generator_logits
 
   @jax.jit
   def fn(params, tokens, mask_positions):
@@ -133,6 +138,19 @@ def logits_fn(model: pretrained.Pretrained):
                         positions, mask_positions, document_ids=real,
                         method=method)
   return fn
+
+
+def batch(encoded: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int
+          ) -> tuple[np.ndarray, np.ndarray]:
+  """`encode`d texts as [T, seq_len] tokens ([PAD] after each) and [T, P]
+  mask slots (P: the most masks of a text; the others pad with slot 0,
+  [CLS], whose predictions are ignored)."""
+  tokens = np.zeros((len(encoded), seq_len), np.int32)
+  slots = np.zeros((len(encoded), max(len(s) for _, s in encoded)),
+                   np.int32)
+  for i, (ids, s) in enumerate(encoded):
+    tokens[i, :len(ids)], slots[i, :len(s)] = ids, s
+  return tokens, slots
 
 
 def _top(probs: np.ndarray, tokenizer: tok.Tokenizer,
@@ -177,11 +195,7 @@ def fill_mask(model: pretrained.Pretrained, texts: Sequence[str], *,
   seq_len = model.config.data.seq_len
   encoded = [encode(model.tokenizer, t, seq_len, i)
              for i, t in enumerate(texts)]
-  tokens = np.zeros((len(texts), seq_len), np.int32)
-  width = max(len(s) for _, s in encoded)
-  slots = np.zeros((len(texts), width), np.int32)  # [CLS] pads: ignored
-  for i, (ids, s) in enumerate(encoded):
-    tokens[i, :len(ids)], slots[i, :len(s)] = ids, s
+  tokens, slots = batch(encoded, seq_len)
   counts = [len(s) for _, s in encoded]
   schedule = [remask_counts(n, 1 if mode == "independent"
                             else iterations or n) for n in counts]

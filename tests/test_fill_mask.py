@@ -41,12 +41,10 @@ def head(model, texts, fill=None):
   """[T, P, V] probabilities at the masks, the masks filled from `fill`."""
   seq_len = model.config.data.seq_len
   encoded = [fill_mask.encode(model.tokenizer, t, seq_len) for t in texts]
-  tokens = np.zeros((len(texts), seq_len), np.int32)
-  slots = np.zeros((len(texts), max(len(s) for _, s in encoded)), np.int32)
-  for i, (ids, s) in enumerate(encoded):
-    tokens[i, :len(ids)], slots[i, :len(s)] = ids, s
-    for j, token in (fill or {}).get(i, {}).items():
-      tokens[i, s[j]] = token
+  tokens, slots = fill_mask.batch(encoded, seq_len)
+  for i, fills in (fill or {}).items():
+    for j, token in fills.items():
+      tokens[i, slots[i, j]] = token
   logits = fill_mask.logits_fn(model)(model.params, tokens, slots)
   return softmax(np.asarray(logits, np.float64))
 
