@@ -62,7 +62,7 @@ class Concatenated:
 
 def _config(model: pretrained.Pretrained,
             cache_dir: str | None) -> ml_collections.ConfigDict:
-  """A copy of the run's config, reading data with the run's tokenizer."""
+  """A copy of the run's config, with `cache_dir` when one is given."""
   config = ml_collections.ConfigDict(model.config.to_dict())
   if cache_dir:
     config.data.cache_dir = str(cache_dir)
@@ -76,8 +76,8 @@ def _checked(data: prepare.PreparedData,
         f"the prepared data in {data.directory} was tokenized with another "
         f"tokenizer than {model.tokenizer.path} (the corpus or the Python "
         "environment changed since the run); evaluate on the same machine "
-        "and environment as the run, or give another corpus (--data_source), "
-        "which is tokenized with the run's tokenizer.")
+        "and environment as the run, or evaluate on another corpus, which "
+        "is tokenized with the run's tokenizer.")
   return data
 
 
@@ -149,7 +149,9 @@ def evaluate(model: pretrained.Pretrained, examples, *, batch_size: int = 0,
     examples: random access to examples (`PreparedData.source(split)`, or
       `examples_of`); the i-th example's masks depend on i and the run seed.
     batch_size: examples per batch (0: the run's `train.batch_size`, so
-      that `max_batches` means what `train.eval_batches` means).
+      that `max_batches` means what `train.eval_batches` means). MLM-style
+      masks depend on the example's index alone; NSP pairs negatives
+      within a batch, so its figures also depend on the batch size.
     max_batches: evaluate the first this many batches (0: all).
   Returns:
     `loss` and the objective's other metrics (as logged, without `eval_`),
