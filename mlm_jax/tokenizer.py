@@ -298,6 +298,28 @@ class Tokenizer:
     ids = self._sp.encode(list(texts), out_type=int, num_threads=num_threads)
     return [np.asarray(x, dtype=np.int32) for x in ids]
 
+  def encode_following(self, text: str) -> np.ndarray:
+    """The pieces of `text` when it directly follows other text (as after
+    a [MASK] in fill-mask), as `encode` would cut them inside a document.
+
+    `encode` treats its input as a document start and adds the
+    word-boundary marker '\u2581' before it, so "s of it" would begin with a
+    lone '\u2581' piece; here a text that does not start with whitespace
+    continues the preceding word ('s', '\u2581of', '\u2581it').
+    """
+    if not text or text[:1].isspace():
+      return self.encode([text])[0]
+    if not hasattr(self, "_following"):
+      # The same model without SentencePiece's dummy prefix (its own
+      # option of the normaliser, read from the model's protobuf).
+      from sentencepiece import sentencepiece_model_pb2
+      proto = sentencepiece_model_pb2.ModelProto()
+      proto.ParseFromString(self._model_bytes)
+      proto.normalizer_spec.add_dummy_prefix = False
+      self._following = spm.SentencePieceProcessor(
+          model_proto=proto.SerializeToString())
+    return np.asarray(self._following.encode(text, out_type=int), np.int32)
+
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     """Decodes one 1-D sequence of ids; special pieces decode to nothing."""
     ids = np.asarray(ids)
