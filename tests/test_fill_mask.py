@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from test_train import ROOT, launch
+from test_train import ROOT
 
 from mlm_jax import fill_mask
 from mlm_jax import objectives
@@ -21,10 +21,8 @@ TEXTS = ["Return the [MASK] of the array.",
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, cache_dir):
-  work = tmp_path_factory.mktemp("fill_mask") / "run"
-  launch(work, cache_dir)
-  return work
+def run(pretrained_run):
+  return pretrained_run  # the session's tiny pre-training run
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +168,7 @@ def test_launcher_prints_candidates_and_bad_input_is_one_line(run, tmp_path):
       ("--workdir", run, "--checkpoint", "best2", "--text", TEXTS[0]):
           "unknown checkpoint",
       ("--workdir", run, "--text", "word " * 40 + "[MASK]"):
-          "data.seq_len = 32",
+          "data.seq_len = 64",
       ("--workdir", run, "--text", TEXTS[0], "--iterations", 2):
           "applies to --mode=mask_predict",
   }
