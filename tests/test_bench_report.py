@@ -200,3 +200,12 @@ def test_finetune_refuses_what_it_cannot_time():
   with pytest.raises(config_lib.ConfigError,
                      match=r"--finetune and --objectives"):
     report.measure(small_config(), quick(finetune=True, objectives=("nsp",)))
+
+
+def test_repeated_runs_each_compare_within_themselves():
+  # Two runs of ours then a peer, minutes apart: each peer line is against
+  # the plain step of its own run, not the first run's.
+  table = report.format_table([
+      record("ours", "base", 300.0), record("flax", "base", 200.0),
+      record("ours", "base", 200.0), record("flax", "base", 160.0)])
+  assert [r[-1] for r in rows(table)] == ["1.00", "1.50", "1.00", "1.25"]

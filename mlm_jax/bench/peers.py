@@ -186,8 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   config = ml_collections.ConfigDict(json.loads(args.config))
   _import_for(args.kind, args.finetune)
   import_gb = timing.peak_host_memory_gb()
-  result = _timer(args.kind, args.finetune)(config, steps=args.steps, repeats=args.repeats,
-                             peak_flops=args.peak_flops)
+  result = _timer(args.kind, args.finetune)(
+      config, steps=args.steps, repeats=args.repeats,
+      peak_flops=args.peak_flops)
   record = {"kind": args.kind, "allocator": hostenv.loaded_allocator(),
             "import_host_memory_gb": import_gb,
             **dataclasses.asdict(result)}

@@ -170,9 +170,12 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   (`timing.matmul_seconds`, `timing.optimizer_seconds`); blank where
   not measured (peers).
 
-  'Plain' is the first 'ours' record of the same size, batch, length and
-  objective with no other variant, so a peer's line reads as our speed-up
-  over it and a variant's line as what the variant costs.
+  'Plain' is the 'ours' record of the same size, batch, length and
+  objective with no other variant that comes last before the line (for a
+  peer, the one timed in the same run; repeated runs each compare within
+  themselves), or the first after it if none comes before, so a peer's
+  line reads as our speed-up over it and a variant's line as what the
+  variant costs.
   """
   lines = ["| size | batch x len | step | variant | allocator | "
            "step ms (median) | tokens/s | lower s | compile s | MFU | "
@@ -180,12 +183,16 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   shape = lambda r: (r["size"], r["batch_size"], r["seq_len"],
                      r.get("objective", "mlm"))
   records = [r for r in records if r["kind"] != "objective"]
-  plain = {}
+  is_plain = lambda r: r["kind"] == "ours" and variant(r) in (
+      "", r.get("objective"))
+  first, latest = {}, {}
   for r in records:
-    if r["kind"] == "ours" and variant(r) in ("", r.get("objective")):
-      plain.setdefault(shape(r), r)
+    if is_plain(r):
+      first.setdefault(shape(r), r)
   for r in records:
-    base = plain.get(shape(r))
+    if is_plain(r):
+      latest[shape(r)] = r
+    base = latest.get(shape(r), first.get(shape(r)))
     ratio = f"{base['tokens_per_s'] / r['tokens_per_s']:.2f}" if base else ""
     bound = f"{r['mfu_bound']:.2f}" if r.get("mfu_bound") else ""
     lines.append(
