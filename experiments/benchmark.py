@@ -8,6 +8,9 @@
   # Each objective's step against BERT's MLM step, interleaved:
   python experiments/benchmark.py --config configs/bert.py:size=small,bench \\
       --objectives=span,nsp,electra --workdir /tmp/mlm_bench
+  # The fine-tuning step against FlaxBertForSequenceClassification:
+  python experiments/benchmark.py --config configs/bert.py:size=base,bench \\
+      --finetune --peers=flax --workdir /tmp/mlm_bench
 
 Prints this run's table, appends its records to <workdir>/benchmark.jsonl
 and rewrites <workdir>/benchmark.md from all records there. --config is the
@@ -48,6 +51,12 @@ _OBJECTIVES = flags.DEFINE_list(
     "Steps timed in this process, interleaved with the config's own, for "
     "what each costs next to it, comma-separated: objectives ('nsp', "
     "'electra', ...) or masking strategies ('whole_word', 'span').")
+_FINETUNE = flags.DEFINE_bool(
+    "finetune", _DEFAULT.finetune,
+    "Time the fine-tuning step (sequence classification, 2 labels, on the "
+    "config's encoder, batch and length) instead of pre-training's; with "
+    "--peers=flax, against FlaxBertForSequenceClassification as "
+    "run_flax_glue.py trains it.")
 cli.require(config="configs/bert.py:size=tiny,runlocal",
             workdir="/tmp/mlm_bench")
 
@@ -59,7 +68,7 @@ def main(argv):
   settings = report.Settings(
       repeats=_REPEATS.value, steps=_STEPS.value, peers=tuple(_PEERS.value),
       peer_allocator=_PEER_ALLOCATOR.value,
-      objectives=tuple(_OBJECTIVES.value))
+      objectives=tuple(_OBJECTIVES.value), finetune=_FINETUNE.value)
   with cli.one_line_errors():
     hostenv.use_allocator(_CONFIG.value.host.allocator)
     print(report.run(_CONFIG.value, _WORKDIR.value, settings))

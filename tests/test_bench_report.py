@@ -157,3 +157,55 @@ def test_objective_variants_set_what_each_needs():
   with pytest.raises(config_lib.ConfigError,
                      match=r"--objectives: unknown \['bart'\]"):
     report.measure(small_config(), quick(objectives=("nsp", "bart")))
+
+
+def test_finetune_times_the_classification_step(tmp_path, monkeypatch):
+  from mlm_jax.bench import finetune
+  from mlm_jax.bench import timing
+  monkeypatch.setattr(timing, "matmul_peak_flops",
+                      lambda n=2048, repeats=5: 1e11)
+  cfg = small_config()
+  table = report.run(cfg, str(tmp_path), quick(finetune=True))
+  (r,) = [json.loads(line) for line in
+          (tmp_path / report.RECORDS).read_text().splitlines()]
+  assert (r["kind"], r["objective"], r["num_labels"]) == (
+      "ours", "finetune", finetune.NUM_LABELS)
+  # The classification step's FLOPs (pooler and classifier, no MLM head),
+  # and its own matmuls and optimizer in the bound.
+  assert r["flops_per_step"] == timing.flops_per_step(cfg, finetune.task(cfg))
+  assert r["flops_per_step"] < timing.flops_per_step(cfg)
+  assert r["matmul_seconds"] > 0 and r["optimizer_seconds"] > 0
+  assert [(row[2], row[3], row[-1]) for row in rows(table)] == [
+      ("ours", "finetune", "1.00")]
+
+
+def test_finetune_peers_run_as_fine_tuning(monkeypatch):
+  calls = []
+
+  def run_in_subprocess(kind, config, **kwargs):
+    calls.append((kind, kwargs["finetune"]))
+    return {"kind": kind, "allocator": "system", "tokens_per_s": 1.0}
+  monkeypatch.setattr(report.peers, "run_in_subprocess", run_in_subprocess)
+  records = report.measure(small_config(), quick(finetune=True,
+                                                 peers=("flax",)))
+  assert calls == [("ours", True), ("flax", True)]
+  assert [(r["kind"], r["objective"]) for r in records] == [
+      ("ours", "finetune"), ("flax", "finetune")]
+
+
+def test_finetune_refuses_what_it_cannot_time():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"--finetune: .* use --peers=flax"):
+    report.measure(small_config(), quick(finetune=True, peers=("torch",)))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"--finetune and --objectives"):
+    report.measure(small_config(), quick(finetune=True, objectives=("nsp",)))
+
+
+def test_repeated_runs_each_compare_within_themselves():
+  # Two runs of ours then a peer, minutes apart: each peer line is against
+  # the plain step of its own run, not the first run's.
+  table = report.format_table([
+      record("ours", "base", 300.0), record("flax", "base", 200.0),
+      record("ours", "base", 200.0), record("flax", "base", 160.0)])
+  assert [r[-1] for r in rows(table)] == ["1.00", "1.50", "1.00", "1.25"]

@@ -241,9 +241,9 @@ def test_the_kernel_bound_keeps_the_best_round_and_its_peaks(monkeypatch):
                       lambda n=2048, repeats=5: next(peaks))
   matmuls, updates = iter([1.5, 1.0, 1.2]), iter([0.4, 0.6, 0.5])
   monkeypatch.setattr(timing, "matmul_seconds",
-                      lambda config: next(matmuls))
+                      lambda config, task=None: next(matmuls))
   monkeypatch.setattr(timing, "optimizer_seconds",
-                      lambda config: next(updates))
+                      lambda config, task=None: next(updates))
   cfg = load("size=tiny,runlocal")
   bound = timing.kernel_bound(cfg, rounds=3)
   assert bound == timing.KernelBound(1.0, 0.4, (2e11, 1e11, 2.5e11, 1.5e11))
@@ -254,8 +254,10 @@ def test_the_kernel_bound_keeps_the_best_round_and_its_peaks(monkeypatch):
   assert t.mfu_bound == pytest.approx(t.flops_per_step / 1.4 / 3e11)
   assert (t.matmul_seconds, t.optimizer_seconds) == (1.0, 0.4)
   # With a given peak, nothing is sampled.
-  monkeypatch.setattr(timing, "matmul_seconds", lambda config: 1.0)
-  monkeypatch.setattr(timing, "optimizer_seconds", lambda config: 0.5)
+  monkeypatch.setattr(timing, "matmul_seconds",
+                      lambda config, task=None: 1.0)
+  monkeypatch.setattr(timing, "optimizer_seconds",
+                      lambda config, task=None: 0.5)
   assert timing.kernel_bound(cfg, rounds=2, sample_peak=False) == (
       timing.KernelBound(1.0, 0.5, ()))
 

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -288,3 +289,42 @@ def test_objective_peers_train_and_time(objective):
   t = peer_flax.time_hf_flax(cfg, steps=2, repeats=3, peak_flops=1e11)
   check_timing(t, cfg, compiled=True)
   assert all(math.isfinite(x) for x in t.step_times)
+
+
+def test_glue_peer_learns_a_repeated_batch():
+  needs()
+  from mlm_jax.bench import finetune
+  from mlm_jax.bench import peer_flax_glue
+  cfg = tiny(lr=2e-3, warmup_steps=2)
+  cfg.model.dropout = cfg.model.attention_dropout = 0.0
+  batch = finetune.host_batch(cfg)
+  assert set(batch["label"]) == {0, 1}  # both classes among 4 rows
+  state, step, rngs, make_batch = peer_flax_glue.build_hf_glue(cfg, batch)
+  losses = []
+  for _ in range(20):
+    state, metrics, rngs = step(state, make_batch(), rngs)
+    losses.append(float(metrics["loss"][0]))
+  assert losses[0] == pytest.approx(math.log(finetune.NUM_LABELS), abs=0.3)
+  assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+  assert int(state.step[0]) == 20
+
+
+def test_glue_peer_is_timed_by_the_childs_entry_point(tmp_path):
+  # peers.main is what run_in_subprocess runs in the child; in-process here.
+  needs()
+  from mlm_jax.bench import finetune
+  cfg = tiny()
+  out = tmp_path / "timing.json"
+  peers.main(["flax", cfg.to_json(), f"--out={out}", "--steps=2",
+              "--repeats=3", "--peak_flops=1e11", "--finetune"])
+  record = json.loads(out.read_text())
+  t = timing.StepTiming(**{k: record[k] for k in record if k not in (
+      "kind", "allocator", "import_host_memory_gb")})
+  assert len(t.step_times) == 3 and t.step_median in t.step_times
+  assert t.tokens_per_s == pytest.approx(4 * 32 / t.step_median)
+  # MFU counts our fine-tuning step's useful FLOPs, not the MLM step's.
+  assert t.flops_per_step == timing.flops_per_step(cfg, finetune.task(cfg))
+  assert t.mfu == pytest.approx(t.flops_per_step / t.step_median / 1e11)
+  assert t.lower_seconds > 0 and t.compile_seconds > 0
+  with pytest.raises(ValueError, match="to time fine-tuning"):
+    peers.run_in_subprocess("torch", cfg, finetune=True)

@@ -37,6 +37,20 @@ def require(module: str) -> types.ModuleType:
     ) from e
 
 
+def flax_model(name: str) -> Any:
+  """transformers' Flax model class `name` (e.g.
+  'FlaxAutoModelForMaskedLM'); MissingPeerError without transformers or,
+  after 4.57, without its Flax models."""
+  transformers = require("transformers")
+  model = getattr(transformers, name, None)
+  if model is None:
+    raise MissingPeerError(
+        f"transformers {transformers.__version__} has no Flax models (they "
+        f"were removed after 4.57). Install the pinned peers: "
+        f"{INSTALL_HINT}.")
+  return model
+
+
 def bert_config(config: ml_collections.ConfigDict) -> Any:
   """Our model config as a `transformers.BertConfig` (post-LN BERT)."""
   m = config.model

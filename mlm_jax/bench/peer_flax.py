@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from mlm_jax import step as step_lib
 from mlm_jax import synthetic
 from mlm_jax.bench import flax_recipe
 from mlm_jax.bench import hf
@@ -75,15 +76,9 @@ def build_hf_flax(config: ml_collections.ConfigDict
     dropout_rng) -> (state, metrics, dropout_rng)` is jitted with the state
     donated.
   """
-  transformers = hf.require("transformers")
-  auto = getattr(transformers, "FlaxAutoModelForMaskedLM", None)
-  if auto is None:
-    raise hf.MissingPeerError(
-        f"transformers {transformers.__version__} has no Flax models (they "
-        f"were removed after 4.57). Install the pinned peers: "
-        f"{hf.INSTALL_HINT}.")
-  model = auto.from_config(hf.bert_config(config), seed=config.seed,
-                           dtype=getattr(jnp, config.model.dtype))
+  model = hf.flax_model("FlaxAutoModelForMaskedLM").from_config(
+      hf.bert_config(config), seed=config.seed,
+      dtype=getattr(jnp, config.model.dtype))
   step = functools.partial(flax_train_step,
                            schedule=flax_recipe.lr_schedule(config))
   return flax_recipe.trainer(config, model.__call__, model.params, step)
@@ -95,11 +90,7 @@ def time_hf_flax(config: ml_collections.ConfigDict, *, steps: int = 10,
   """Times the HF Flax peer of the config's objective, host work included.
 
   BERT's MLM: FlaxBertForMaskedLM as run_mlm_flax.py trains it; other
-  objectives: `peer_flax_objectives`. Each timed step prepares its batch on
-  the host (masking, pairs) and dispatches the device step (which overlaps
-  the next step's host work, as in their loop); each repeat of `steps`
-  steps blocks on its last result. Its peak host memory is this process's:
-  see `peers.run_in_subprocess`.
+  objectives: `peer_flax_objectives`. See `time_peer`.
   """
   host = synthetic.batch(config)
   peer = peer_flax_objectives.build(config, host)
@@ -108,9 +99,26 @@ def time_hf_flax(config: ml_collections.ConfigDict, *, steps: int = 10,
     tokens = host["tokens"]
     special = hf.special_tokens_mask(tokens)
     rng = np.random.RandomState(config.seed)
-    make_batch = lambda: flax_batch(tokens, special, config, rng)
-  else:
-    state, train_step, dropout_rng, make_batch = peer
+    peer = (state, train_step, dropout_rng,
+            lambda: flax_batch(tokens, special, config, rng))
+  return time_peer(config, peer, steps=steps, repeats=repeats,
+                   peak_flops=peak_flops)
+
+
+def time_peer(config: ml_collections.ConfigDict,
+              peer: peer_flax_objectives.Peer, *, steps: int, repeats: int,
+              peak_flops: float | None,
+              task: step_lib.Task | None = None) -> timing.StepTiming:
+  """Times a Flax peer `(state, step, rng, make_batch)` as its users run it.
+
+  Each timed step prepares its batch on the host (masking, pairs, the
+  transfer) and dispatches the device step (which overlaps the next step's
+  host work, as in their loop); each repeat of `steps` steps blocks on its
+  last result. Its peak host memory is this process's: see
+  `peers.run_in_subprocess`. MFU counts the useful FLOPs of our step of the
+  same config (`task`'s, if given).
+  """
+  state, train_step, dropout_rng, make_batch = peer
   batch = make_batch()
   jax.block_until_ready((state, batch))  # as ours: no init in the lowering
   start = time.perf_counter()
@@ -131,4 +139,4 @@ def time_hf_flax(config: ml_collections.ConfigDict, *, steps: int = 10,
   times, peaks = timing.time_repeats(run, steps=steps, repeats=repeats,
                                      sample_peak=peak_flops is None)
   return timing.step_timing(config, times, lower_seconds, compile_seconds,
-                            peak_flops, peak_samples=peaks)
+                            peak_flops, peak_samples=peaks, task=task)

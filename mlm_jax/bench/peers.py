@@ -10,6 +10,11 @@ BERT in its two forms:
   torch  BertForMaskedLM trained as transformers' Trainer trains it
          (`peer_torch`).
 
+With `finetune`, the step timed is the fine-tuning step instead
+(`bench.finetune`), and its peer is 'flax' only:
+FlaxBertForSequenceClassification as run_flax_glue.py trains it
+(`peer_flax_glue`).
+
 Host masking is inside each timed step: it is part of their step as users run
 it (ours masks on device). Useful FLOPs, and so MFU, are
 `flops.train_flops_per_step` (MLM head at the masked positions only) for
@@ -38,23 +43,33 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from mlm_jax import hostenv
+from mlm_jax.bench import finetune as bench_finetune
 from mlm_jax.bench import hf
 from mlm_jax.bench import peer_flax
+from mlm_jax.bench import peer_flax_glue
 from mlm_jax.bench import peer_torch
 from mlm_jax.bench import timing
 
 KINDS = ("ours", "flax", "torch")
+# The contenders of the fine-tuning step.
+FINETUNE_KINDS = ("ours", "flax")
 
 
-def _timer(kind: str) -> Callable[..., timing.StepTiming]:
-  """The timing function of a contender."""
+def _timer(kind: str, finetune: bool = False
+           ) -> Callable[..., timing.StepTiming]:
+  """The timing function of a contender (of the fine-tuning step)."""
+  if finetune:
+    return {"flax": peer_flax_glue.time_hf_glue,
+            "ours": bench_finetune.time_train_step}[kind]
   return {"flax": peer_flax.time_hf_flax, "torch": peer_torch.time_hf_torch,
           "ours": timing.time_train_step}[kind]
 
 
-def _import_for(kind: str) -> None:
+def _import_for(kind: str, finetune: bool = False) -> None:
   """Imports what `kind` needs, so the import cost is measured apart."""
-  if kind == "flax":
+  if kind == "flax" and finetune:
+    _ = hf.require("transformers").FlaxBertForSequenceClassification
+  elif kind == "flax":
     _ = hf.require("transformers").FlaxBertForMaskedLM
   elif kind == "torch":
     hf.require("torch")
@@ -80,7 +95,8 @@ def allocator_env(allocator: str, environ: dict[str, str]) -> dict[str, str]:
 def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
                       steps: int = 10, repeats: int = 5,
                       peak_flops: float | None = None,
-                      allocator: str | None = None) -> dict[str, Any]:
+                      allocator: str | None = None,
+                      finetune: bool = False) -> dict[str, Any]:
   """Times `kind` ('ours', 'flax' or 'torch') in a fresh Python process.
 
   The child runs `python -m mlm_jax.bench.peers`, so its peak RSS (VmHWM)
@@ -96,6 +112,8 @@ def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
       between its timed repeats (`timing.time_repeats`).
     allocator: one of hostenv.ALLOCATORS for the child; None: as this
       process.
+    finetune: time the fine-tuning step (or its peer) instead; `kind` is
+      then one of FINETUNE_KINDS.
   Returns:
     `dataclasses.asdict` of the child's StepTiming, whose
     `peak_host_memory_gb` is the child's own peak RSS, plus `kind`,
@@ -105,8 +123,10 @@ def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
     ValueError: for an unknown kind or allocator.
     RuntimeError: if the child failed; the message ends with its stderr.
   """
-  if kind not in KINDS:
-    raise ValueError(f"Unknown peer {kind!r}; use one of {', '.join(KINDS)}.")
+  kinds = FINETUNE_KINDS if finetune else KINDS
+  if kind not in kinds:
+    raise ValueError(f"Unknown peer {kind!r}; use one of {', '.join(kinds)}"
+                     f"{' to time fine-tuning' if finetune else ''}.")
   child_env = (dict(os.environ) if allocator is None
                else allocator_env(allocator, dict(os.environ)))
   root = str(pathlib.Path(__file__).resolve().parents[2])
@@ -119,6 +139,8 @@ def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
            f"--repeats={repeats}"]
     if peak_flops:
       cmd.append(f"--peak_flops={peak_flops!r}")
+    if finetune:
+      cmd.append("--finetune")
     proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
@@ -130,9 +152,10 @@ def run_in_subprocess(kind: str, config: ml_collections.ConfigDict, *,
 def compare(config: ml_collections.ConfigDict, *,
             kinds: Sequence[str] = KINDS, steps: int = 10, repeats: int = 5,
             peak_flops: float | None = None,
-            allocators: dict[str, str] | None = None
-            ) -> dict[str, dict[str, Any]]:
-  """Times each of `kinds` in its own process, one after the other.
+            allocators: dict[str, str] | None = None,
+            finetune: bool = False) -> dict[str, dict[str, Any]]:
+  """Times each of `kinds` in its own process, one after the other
+  (the fine-tuning step and its peer, with `finetune`).
 
   `allocators` maps a kind to its child's allocator (default: as this
   process). `peak_flops` None: each child samples the matmul peak between
@@ -143,7 +166,8 @@ def compare(config: ml_collections.ConfigDict, *,
   allocators = allocators or {}
   return {kind: run_in_subprocess(kind, config, steps=steps, repeats=repeats,
                                   peak_flops=peak_flops,
-                                  allocator=allocators.get(kind))
+                                  allocator=allocators.get(kind),
+                                  finetune=finetune)
           for kind in kinds}
 
 
@@ -156,12 +180,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--peak_flops", type=float, default=None)
+  parser.add_argument("--finetune", action="store_true",
+                      help="time the fine-tuning step (or its peer)")
   args = parser.parse_args(argv)
   config = ml_collections.ConfigDict(json.loads(args.config))
-  _import_for(args.kind)
+  _import_for(args.kind, args.finetune)
   import_gb = timing.peak_host_memory_gb()
-  result = _timer(args.kind)(config, steps=args.steps, repeats=args.repeats,
-                             peak_flops=args.peak_flops)
+  result = _timer(args.kind, args.finetune)(
+      config, steps=args.steps, repeats=args.repeats,
+      peak_flops=args.peak_flops)
   record = {"kind": args.kind, "allocator": hostenv.loaded_allocator(),
             "import_host_memory_gb": import_gb,
             **dataclasses.asdict(result)}

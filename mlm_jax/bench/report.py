@@ -6,6 +6,8 @@ this process. With `Settings.peers` ('flax', 'torch') every contender, ours
 included, is timed in a fresh process of its own (see
 `peers.run_in_subprocess`), so that each peak host memory is its own; ours
 runs on this process's allocator, the peers on `Settings.peer_allocator`.
+With `Settings.finetune` the step timed is the fine-tuning step
+(`bench.finetune`), against its Flax peer (`peer_flax_glue`).
 
 Each run appends its records to <workdir>/benchmark.jsonl and rewrites
 <workdir>/benchmark.md, the table of every record there: run the launcher
@@ -25,6 +27,7 @@ import ml_collections
 
 from mlm_jax import config as config_lib
 from mlm_jax import hostenv
+from mlm_jax.bench import finetune as bench_finetune
 from mlm_jax.bench import hf
 from mlm_jax.bench import objectives as bench_objectives
 from mlm_jax.bench import peers
@@ -51,6 +54,11 @@ class Settings:
   # Steps timed interleaved with the config's own in this process:
   # objectives ('nsp', 'electra', ...) or masking strategies ('span', ...).
   objectives: tuple[str, ...] = ()
+  # Time the fine-tuning step (sequence classification on the config's
+  # encoder, `bench.finetune`) instead of pre-training's; its peer is
+  # 'flax' (FlaxBertForSequenceClassification as run_flax_glue.py trains
+  # it).
+  finetune: bool = False
 
 
 def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -93,6 +101,17 @@ def measure(config: ml_collections.ConfigDict,
         f"--peers={','.join(kinds)} needs {', '.join(missing)}, which is not "
         f"installed; {hf.INSTALL_HINT}.")
   fields = config_fields(config)
+  if settings.finetune:
+    if settings.objectives:
+      raise config_lib.ConfigError(
+          "--finetune and --objectives: the fine-tuning step has no "
+          "pre-training objectives to interleave; run twice.")
+    if set(kinds) - set(peers.FINETUNE_KINDS):
+      raise config_lib.ConfigError(
+          "--finetune: the fine-tuning step's peer is Hugging Face's Flax "
+          "one (run_flax_glue.py); use --peers=flax or no peers.")
+    fields.update(objective=bench_finetune.NAME,
+                  num_labels=bench_finetune.NUM_LABELS)
   if settings.objectives:
     if kinds:
       raise config_lib.ConfigError(
@@ -104,14 +123,16 @@ def measure(config: ml_collections.ConfigDict,
                 config, settings.objectives, steps=settings.steps,
                 rounds=settings.repeats)]
   if not kinds:
-    measured = timing.time_train_step(config, steps=settings.steps,
-                                      repeats=settings.repeats)
+    timer = (bench_finetune.time_train_step if settings.finetune
+             else timing.time_train_step)
+    measured = timer(config, steps=settings.steps, repeats=settings.repeats)
     return [{**fields, "kind": "ours",
              "allocator": hostenv.loaded_allocator(),
              **dataclasses.asdict(measured)}]
   results = peers.compare(
       config, kinds=["ours", *kinds], steps=settings.steps,
-      repeats=settings.repeats, allocators={k: allocator for k in kinds})
+      repeats=settings.repeats, allocators={k: allocator for k in kinds},
+      finetune=settings.finetune)
   return [{**fields, **record} for record in results.values()]
 
 
@@ -149,9 +170,12 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   (`timing.matmul_seconds`, `timing.optimizer_seconds`); blank where
   not measured (peers).
 
-  'Plain' is the first 'ours' record of the same size, batch, length and
-  objective with no other variant, so a peer's line reads as our speed-up
-  over it and a variant's line as what the variant costs.
+  'Plain' is the 'ours' record of the same size, batch, length and
+  objective with no other variant that comes last before the line (for a
+  peer, the one timed in the same run; repeated runs each compare within
+  themselves), or the first after it if none comes before, so a peer's
+  line reads as our speed-up over it and a variant's line as what the
+  variant costs.
   """
   lines = ["| size | batch x len | step | variant | allocator | "
            "step ms (median) | tokens/s | lower s | compile s | MFU | "
@@ -159,12 +183,16 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
   shape = lambda r: (r["size"], r["batch_size"], r["seq_len"],
                      r.get("objective", "mlm"))
   records = [r for r in records if r["kind"] != "objective"]
-  plain = {}
+  is_plain = lambda r: r["kind"] == "ours" and variant(r) in (
+      "", r.get("objective"))
+  first, latest = {}, {}
   for r in records:
-    if r["kind"] == "ours" and variant(r) in ("", r.get("objective")):
-      plain.setdefault(shape(r), r)
+    if is_plain(r):
+      first.setdefault(shape(r), r)
   for r in records:
-    base = plain.get(shape(r))
+    if is_plain(r):
+      latest[shape(r)] = r
+    base = latest.get(shape(r), first.get(shape(r)))
     ratio = f"{base['tokens_per_s'] / r['tokens_per_s']:.2f}" if base else ""
     bound = f"{r['mfu_bound']:.2f}" if r.get("mfu_bound") else ""
     lines.append(

@@ -15,6 +15,11 @@ The same matmuls, each timed alone at its shape in the three forms a step
 computes (forward, input and weight gradients), and the optimizer update
 timed alone (best of rounds), give the MFU bound: the MFU of a step that
 did only that work, at the speed the kernels reach on it.
+
+Every function times the config's pre-training step unless given a `task`
+(a `step.Task`: objective, optimizer, seed), e.g. a fine-tuning task on the
+config's encoder (`bench.finetune`); its FLOPs, matmuls and optimizer are
+then the task's.
 """
 from __future__ import annotations
 
@@ -56,7 +61,8 @@ def build_objective(config: ml_collections.ConfigDict) -> objectives.Objective:
 
 
 def step_matmuls(config: ml_collections.ConfigDict,
-                 batch_size: int | None = None) -> list[Matmul]:
+                 batch_size: int | None = None,
+                 task: step_lib.Task | None = None) -> list[Matmul]:
   """The useful matmuls of the forward pass, for `batch_size` examples.
 
   What the objective declares (`Objective.matmuls`): for BERT's MLM the
@@ -64,14 +70,17 @@ def step_matmuls(config: ml_collections.ConfigDict,
   weighted values per head, output projection, feed-forward) and the MLM
   head at the masked positions only. Embedding lookups are not matmuls.
   """
-  return build_objective(config).matmuls(
-      batch_size or config.train.batch_size, config.data.seq_len)
+  objective = task.objective if task else build_objective(config)
+  return objective.matmuls(batch_size or config.train.batch_size,
+                           config.data.seq_len)
 
 
-def flops_per_step(config: ml_collections.ConfigDict) -> float:
-  """`flops.train_flops_per_step` of the config's objective and batch."""
-  return flops.train_flops_per_step(build_objective(config),
-                                    config.train.batch_size,
+def flops_per_step(config: ml_collections.ConfigDict,
+                   task: step_lib.Task | None = None) -> float:
+  """`flops.train_flops_per_step` of the config's objective (or `task`'s)
+  and batch."""
+  objective = task.objective if task else build_objective(config)
+  return flops.train_flops_per_step(objective, config.train.batch_size,
                                     config.data.seq_len)
 
 
@@ -118,8 +127,8 @@ def _weight_gradient(x, dy):
   return jnp.einsum("...mk,...mn->...kn", x, dy)
 
 
-def matmul_seconds(config: ml_collections.ConfigDict,
-                   repeats: int = 5) -> float:
+def matmul_seconds(config: ml_collections.ConfigDict, repeats: int = 5,
+                   task: step_lib.Task | None = None) -> float:
   """Seconds a step's matmuls take on their own, on one device.
 
   Each matmul of one micro-batch of the device's share of the batch is
@@ -136,15 +145,15 @@ def matmul_seconds(config: ml_collections.ConfigDict,
   dispatch = _best_seconds(jax.jit(lambda x: x), jnp.zeros([], dtype),
                            repeats=repeats)
   total = 0.0
-  for mm in step_matmuls(config, micro):
+  for mm in step_matmuls(config, micro, task):
     for fn, x, y in _matmul_forms(mm, dtype):
       seconds = _best_seconds(fn, x, y, repeats=repeats) - dispatch
       total += accum * mm.count * max(seconds, 0.0)
   return total
 
 
-def optimizer_seconds(config: ml_collections.ConfigDict,
-                      repeats: int = 5) -> float:
+def optimizer_seconds(config: ml_collections.ConfigDict, repeats: int = 5,
+                      task: step_lib.Task | None = None) -> float:
   """Seconds the step's optimizer update takes alone, on one device.
 
   The gradient's global norm (which the step reports and clips by), the
@@ -154,7 +163,7 @@ def optimizer_seconds(config: ml_collections.ConfigDict,
   It is memory-bound: a few passes over every parameter-sized array. With
   `parallel.fsdp`, each device updates its 1/fsdp share.
   """
-  task = build_task(config)
+  task = task or build_task(config)
   shapes = jax.eval_shape(functools.partial(step_lib.init_state, task,
                                             config.data.seq_len))
   fill = lambda s: jnp.full(s.shape, 1e-3, s.dtype)
@@ -241,7 +250,8 @@ class KernelBound:
 
 
 def kernel_bound(config: ml_collections.ConfigDict, *, rounds: int = 3,
-                 sample_peak: bool = True) -> KernelBound:
+                 sample_peak: bool = True,
+                 task: step_lib.Task | None = None) -> KernelBound:
   """`matmul_seconds` and `optimizer_seconds` of `config`, best of `rounds`.
 
   The rounds are spread out, with a sample of the matmul peak (best of 2)
@@ -254,24 +264,30 @@ def kernel_bound(config: ml_collections.ConfigDict, *, rounds: int = 3,
   for _ in range(rounds):
     if sample_peak:
       peaks.append(matmul_peak_flops(repeats=2))
-    matmul_s.append(matmul_seconds(config))
-    optimizer_s.append(optimizer_seconds(config))
+    matmul_s.append(matmul_seconds(config, task=task))
+    optimizer_s.append(optimizer_seconds(config, task=task))
   if sample_peak:
     peaks.append(matmul_peak_flops(repeats=2))
   return KernelBound(min(matmul_s), min(optimizer_s), tuple(peaks))
 
 
-def compile_step(config: ml_collections.ConfigDict):
-  """Our training step of `config` on a synthetic batch, compiled.
+def compile_step(config: ml_collections.ConfigDict,
+                 task: step_lib.Task | None = None,
+                 host_batch: dict[str, Any] | None = None):
+  """Our training step of `config` (or `task`) on a batch, compiled.
 
+  `host_batch` defaults to `synthetic.batch(config)`; a task whose
+  objective needs more fields (labels) brings its own.
   Returns (compiled step, initial state, device batch, lowering seconds,
   XLA compile seconds); the step is the one whose compile time is reported.
   """
   config_lib.validate(config, num_devices=jax.device_count())
-  par = parallel.make_parallel(config.parallel.mode, build_task(config),
+  par = parallel.make_parallel(config.parallel.mode,
+                               task or build_task(config),
                                config.data.seq_len, config.parallel.fsdp)
   state = par.init_state()
-  batch = par.put_batch(synthetic.batch(config))
+  batch = par.put_batch(synthetic.batch(config) if host_batch is None
+                        else host_batch)
   # Initialisation runs asynchronously: at base it would still be running
   # on both cores while the step traces, and its time would count as ours.
   jax.block_until_ready((state, batch))
@@ -286,15 +302,17 @@ def compile_step(config: ml_collections.ConfigDict):
 
 def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
                     repeats: int = 5, peak_flops: float | None = None,
-                    matmul_bound: bool = True) -> StepTiming:
+                    matmul_bound: bool = True,
+                    task: step_lib.Task | None = None,
+                    host_batch: dict[str, Any] | None = None) -> StepTiming:
   """Times `repeats` runs of `steps` steps after compilation; medians.
 
   `matmul_bound` also times the step's matmuls and its optimizer update
   alone (`kernel_bound`), after the step's peak memory is read and its
-  state freed.
+  state freed. `task` and `host_batch`: as `compile_step`.
   """
   compiled, state, batch, lower_seconds, compile_seconds = compile_step(
-      config)
+      config, task, host_batch)
   state, metrics = compiled(state, batch)  # warm-up
   jax.block_until_ready(metrics)
 
@@ -308,11 +326,11 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int = 10,
                               sample_peak=peak_flops is None)
   memory_gb = peak_host_memory_gb()
   state = batch = metrics = None  # the bound's work is timed without them
-  bound = (kernel_bound(config, sample_peak=peak_flops is None)
+  bound = (kernel_bound(config, sample_peak=peak_flops is None, task=task)
            if matmul_bound else None)
   return step_timing(config, times, lower_seconds, compile_seconds,
                      peak_flops, bound, peak_samples=peaks,
-                     peak_memory_gb=memory_gb)
+                     peak_memory_gb=memory_gb, task=task)
 
 
 def step_timing(config: ml_collections.ConfigDict, times: list[float],
@@ -320,18 +338,20 @@ def step_timing(config: ml_collections.ConfigDict, times: list[float],
                 peak_flops: float | None,
                 bound: KernelBound | None = None,
                 peak_samples: Sequence[float] = (),
-                peak_memory_gb: float | None = None) -> StepTiming:
+                peak_memory_gb: float | None = None,
+                task: step_lib.Task | None = None) -> StepTiming:
   """The figures of timed steps of `config` (any contender's, same rules).
 
   `times` are seconds per step of each repeat; the step time is their
-  median; MFU counts this config's useful FLOPs. The peak is `peak_flops`
+  median; MFU counts this config's useful FLOPs (or `task`'s: a peer of
+  a fine-tuning step is measured against that step's). The peak is `peak_flops`
   if given, else the best of `peak_samples` (from `time_repeats`), the
   bound's (`bound`, from `kernel_bound`, if given) and one more measured
   now; the bound is against the same peak. Peak memory is
   `peak_memory_gb` if given, else this process's peak so far.
   """
   median = statistics.median(times)
-  useful = flops_per_step(config)
+  useful = flops_per_step(config, task)
   bound_peaks = bound.peak_samples if bound else ()
   peak = peak_flops or max([*peak_samples, *bound_peaks, matmul_peak_flops()])
   tokens = config.train.batch_size * config.data.seq_len
