@@ -26,13 +26,12 @@ def _config(pretrained_run, cache_dir, arg="runlocal", **task):
   return cfg
 
 
-def test_offline_task_over_two_seeds_beats_chance(tmp_path, pretrained_run,
-                                                  cache_dir):
+def test_offline_task_beats_chance(tmp_path, pretrained_run, cache_dir):
   cfg = _config(pretrained_run, cache_dir)
-  cfg.train.seeds, cfg.train.batch_size = "0,1", 32
+  cfg.train.seeds, cfg.train.batch_size = "0", 32
   cfg.train.num_epochs, cfg.task.max_train_examples = 3, 2000
   results = run.finetune(cfg, str(tmp_path / "ft"))
-  assert set(results["seeds"]) == {0, 1}
+  assert set(results["seeds"]) == {0}
   for seed, r in results["seeds"].items():
     assert r["compiled_shapes"] <= cfg.task.num_buckets
     assert (tmp_path / "ft" / f"seed_{seed}" / "best" / str(
@@ -46,7 +45,7 @@ def test_offline_task_over_two_seeds_beats_chance(tmp_path, pretrained_run,
   assert summary["test_accuracy"]["median"] > chance + 4 * np.sqrt(
       chance * (1 - chance) / n), (summary, n)
   assert summary["test_accuracy"]["values"] == [
-      results["seeds"][s]["test_accuracy"] for s in (0, 1)]
+      results["seeds"][0]["test_accuracy"]]
   saved = json.loads((tmp_path / "ft" / "results.json").read_text())
   assert saved["summary"]["dev_accuracy"]["median"] == pytest.approx(
       summary["dev_accuracy"]["median"])
@@ -92,8 +91,16 @@ def test_each_kind_from_local_files(tmp_path, pretrained_run, cache_dir):
                 path_or_name=str(tmp_path / "reg_{split}.jsonl"),
                 label_column="score", kind="regression")
   cfg.train.num_epochs, cfg.train.scores = 3, "pearson,spearman"
-  r = run.finetune(cfg, str(tmp_path / "reg"))["seeds"][0]
-  assert r["dev_pearson"] > 0.3, r
+  cfg.train.seeds = "0,1"
+  results = run.finetune(cfg, str(tmp_path / "reg"))
+  for r in results["seeds"].values():
+    assert r["dev_pearson"] > 0.3, r
+  # Seeds differ (head, order, dropout), and the summary is their median.
+  values = [results["seeds"][s]["dev_pearson"] for s in (0, 1)]
+  assert values[0] != values[1]
+  assert results["summary"]["dev_pearson"]["median"] == pytest.approx(
+      sum(values) / 2)
+  cfg.train.seeds = "0"
   # Early stopping on the dev score: no gain can beat min_delta, so the run
   # stops after `patience` evaluations past the first, at a known step.
   cfg.train.eval_every, cfg.train.early_stopping_patience = 5, 2
