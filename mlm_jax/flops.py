@@ -33,12 +33,31 @@ class Matmul:
 
 
 def encoder_matmuls(cfg: model_lib.EncoderConfig, batch: int, seq_len: int,
-                    prefix: str = "") -> list[Matmul]:
+                    prefix: str = "", cls_only: bool = False) -> list[Matmul]:
   """The layers' matmuls at every position of `batch` sequences.
 
   Fused QKV, attention scores and weighted values per head, the attention
   output projection and the feed-forward block, `cfg.num_layers` times.
+  `cls_only` (`model.Encoder`'s): the last layer at every position computes
+  only keys and values; its queries, attention and output projection, and
+  feed-forward run at position 0 alone.
   """
+  if cls_only:
+    full = dataclasses.replace(cfg, num_layers=cfg.num_layers - 1)
+    h, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.hidden_size // (
+        cfg.num_heads)
+    bn = batch * cfg.num_heads
+    below = encoder_matmuls(full, batch, seq_len, prefix) if (
+        full.num_layers) else []
+    return below + [
+        Matmul(f"{prefix}last kv", 1, batch * seq_len, h, 2 * h, 1),
+        Matmul(f"{prefix}last q", 1, batch, h, h, 1),
+        Matmul(f"{prefix}last attention scores", bn, 1, d, seq_len, 1),
+        Matmul(f"{prefix}last attention values", bn, 1, seq_len, d, 1),
+        Matmul(f"{prefix}last attention output", 1, batch, h, h, 1),
+        Matmul(f"{prefix}last feed-forward in", 1, batch, h, f, 1),
+        Matmul(f"{prefix}last feed-forward out", 1, batch, f, h, 1),
+    ]
   b, l, layers, heads = batch, seq_len, cfg.num_layers, cfg.num_heads
   h, f, t = cfg.hidden_size, cfg.intermediate_size, batch * seq_len
   return [

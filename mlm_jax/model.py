@@ -86,7 +86,9 @@ class FlatDense(nn.Module):
   in_axes: int = 1
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, part: slice | None = None):
+    """x @ kernel + bias; `part` slices the first output axis (both the
+    kernel and the bias), e.g. only K and V of a fused QKV kernel."""
     cfg = self.cfg
     in_shape = x.shape[x.ndim - self.in_axes:]
     size_in, size_out = math.prod(in_shape), math.prod(self.features)
@@ -96,10 +98,14 @@ class FlatDense(nn.Module):
         in_shape + self.features, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, self.features,
                       jnp.float32)
+    if part is not None:
+      kernel = kernel[(slice(None),) * self.in_axes + (part,)]
+      bias = bias[part]
+    features = bias.shape
     lead = x.shape[:x.ndim - self.in_axes]
     y = jnp.dot(x.reshape(-1, size_in).astype(cfg.compute_dtype),
-                kernel.reshape(size_in, size_out).astype(cfg.compute_dtype))
-    return y.reshape(lead + self.features) + bias.astype(cfg.compute_dtype)
+                kernel.reshape(size_in, -1).astype(cfg.compute_dtype))
+    return y.reshape(lead + features) + bias.astype(cfg.compute_dtype)
 
 
 def dense(cfg: EncoderConfig, features: int, name: str) -> nn.Module:
@@ -169,15 +175,25 @@ def encoder_bias(cfg: EncoderConfig, tokens: jax.Array,
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention with a fused QKV projection."""
+  """Multi-head self-attention with a fused QKV projection.
+
+  With `cls_only`, only position 0 queries: the output is [B, 1, H] (keys
+  and values still at every position), for a head that reads [CLS] alone.
+  """
   cfg: EncoderConfig
 
   @nn.compact
-  def __call__(self, x, bias, deterministic: bool):
+  def __call__(self, x, bias, deterministic: bool, cls_only: bool = False):
     cfg = self.cfg
     head_dim = cfg.hidden_size // cfg.num_heads
-    qkv = FlatDense(cfg, (3, cfg.num_heads, head_dim), name="qkv")(x)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, N, D] each
+    qkv = FlatDense(cfg, (3, cfg.num_heads, head_dim), name="qkv")
+    if cls_only:
+      kv = qkv(x, slice(1, 3))
+      q, k, v = qkv(x[:, :1], slice(0, 1))[:, :, 0], kv[:, :, 0], kv[:, :, 1]
+      bias = bias[:, :, :1]  # the bias row of query 0 (if it has rows)
+    else:
+      qkv = qkv(x)
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, N, D] each
     q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
     # Softmax in float32 whatever the compute dtype.
     logits = jnp.einsum("bqnd,bknd->bnqk", q, k,
@@ -193,21 +209,26 @@ class TransformerLayer(nn.Module):
   """One encoder layer: attention and feed-forward, each with a residual.
 
   Post-LN (BERT): x = LN(x + f(x)). Pre-LN: x = x + f(LN(x)).
+  With `cls_only` it returns position 0 alone, [B, 1, H]: the attention's
+  keys and values read every position, all else runs at position 0.
   """
   cfg: EncoderConfig
 
   @nn.compact
-  def __call__(self, x, bias, deterministic: bool):
+  def __call__(self, x, bias, deterministic: bool, cls_only: bool = False):
     cfg = self.cfg
     drop = dropout_lib.make(cfg.dropout_rng, cfg.dropout)
+    # The residual stream past attention: position 0, or all of them.
+    rows = (lambda h: h[:, :1]) if cls_only else (lambda h: h)
 
     def block(x, fn, norm_name):
       if cfg.pre_layer_norm:
-        return x + drop(fn(layer_norm(cfg, norm_name)(x)), deterministic)
-      return layer_norm(cfg, norm_name)(x + drop(fn(x), deterministic))
+        h = fn(layer_norm(cfg, norm_name)(x))
+        return rows(x) + drop(h, deterministic)
+      return layer_norm(cfg, norm_name)(rows(x) + drop(fn(x), deterministic))
 
     x = block(x, lambda h: SelfAttention(cfg, name="attention")(
-        h, bias, deterministic), "attention_norm")
+        h, bias, deterministic, cls_only), "attention_norm")
 
     def feed_forward(h):
       h = dense(cfg, cfg.intermediate_size, "intermediate")(h)
@@ -234,11 +255,16 @@ _REMAT_POLICIES = {
 
 
 class TransformerStack(nn.Module):
-  """The N layers: one scanned layer with stacked parameters, or a loop."""
+  """The N layers: one scanned layer with stacked parameters, or a loop.
+
+  `cls_only` returns [B, 1, H], position 0 of the last layer. The loop runs
+  that layer at position 0 only (`TransformerLayer`); a scanned stack runs
+  every layer in full and slices (one body for all layers).
+  """
   cfg: EncoderConfig
 
   @nn.compact
-  def __call__(self, x, bias, deterministic: bool):
+  def __call__(self, x, bias, deterministic: bool, cls_only: bool = False):
     cfg = self.cfg
     if cfg.scan_layers:
       layer_cls = _ScannedLayer
@@ -249,13 +275,14 @@ class TransformerStack(nn.Module):
                       split_rngs={"params": True, "dropout": True},
                       in_axes=nn.broadcast, length=cfg.num_layers)
       x, _ = stack(cfg, deterministic, name="layers")(x, bias)
-      return x
+      return x[:, :1] if cls_only else x
     layer_cls = TransformerLayer
     if cfg.remat != "none":
       layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat],
-                           static_argnums=(3,))
+                           static_argnums=(3, 4))
     for i in range(cfg.num_layers):
-      x = layer_cls(cfg, name=f"layer_{i}")(x, bias, deterministic)
+      last = cls_only and i == cfg.num_layers - 1
+      x = layer_cls(cfg, name=f"layer_{i}")(x, bias, deterministic, last)
     return x
 
 
@@ -296,8 +323,8 @@ class Encoder(nn.Module):
     return self.embedding_dropout(x, deterministic)
 
   def __call__(self, tokens, segment_ids, positions, *, deterministic: bool,
-               document_ids=None, prefix_lengths=None):
-    """Hidden states [B, L, H].
+               document_ids=None, prefix_lengths=None, cls_only: bool = False):
+    """Hidden states [B, L, H], or [B, 1, H] at [CLS] alone (`cls_only`).
 
     Args:
       tokens, segment_ids, positions: [B, L] int32.
@@ -306,10 +333,15 @@ class Encoder(nn.Module):
         example; used only when `cfg.attend_across_documents` is False.
       prefix_lengths: [B] int32 for a prefix (0: causal) language model's
         attention; None for bidirectional (see `attention_bias`).
+      cls_only: only position 0 of the output, for a head that reads [CLS]
+        alone: the last layer then runs its queries, attention output and
+        feed-forward at position 0 only (unscanned stacks; see
+        `TransformerStack`). The same values, fewer FLOPs.
     """
     x = self.embed(tokens, segment_ids, positions, deterministic=deterministic)
     x = self.stack(x, encoder_bias(self.cfg, tokens, document_ids,
-                                   prefix_lengths, positions), deterministic)
+                                   prefix_lengths, positions), deterministic,
+                   cls_only)
     if self.final_norm is not None:
       x = self.final_norm(x)
     return x

@@ -12,15 +12,16 @@ from mlm_jax import parallel
 from mlm_jax import step as step_lib
 from mlm_jax import tokenizer as tok
 from mlm_jax.finetune import objective as objective_lib
+from mlm_jax.objectives import losses
 
 SEQ, BATCH, VOCAB = 16, 8, 64
 
 
-def _objective(kind, outputs):
-  cfg = model_lib.EncoderConfig(
+def _objective(kind, outputs, **encoder):
+  cfg = model_lib.EncoderConfig(**{**dict(
       vocab_size=VOCAB, num_layers=1, hidden_size=16, num_heads=2,
       intermediate_size=32, max_positions=SEQ, dropout=0.0,
-      attention_dropout=0.0, position_encoding="alibi")
+      attention_dropout=0.0, position_encoding="alibi"), **encoder})
   return objective_lib.FineTune(cfg, kind, outputs)
 
 
@@ -78,6 +79,62 @@ def test_loss_is_the_weighted_mean_of_the_heads_outputs(kind):
     np.testing.assert_allclose(pred, out[:, 0], rtol=1e-6)
   else:
     np.testing.assert_array_equal(pred, np.argmax(out, -1))
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+@pytest.mark.parametrize("scan", [False, True])
+def test_sentence_loss_and_grads_are_the_full_encoders(kind, scan):
+  # The head's encoder runs its last layer at [CLS] alone (cls_only); the
+  # reference runs every position and reads [CLS].
+  objective = _objective(kind, 1 if kind == "regression" else 3,
+                         num_layers=2, scan_layers=scan)
+  params = objective.init(jax.random.key(0), SEQ)
+  batch = {k: jnp.asarray(v) for k, v in _batch(kind).items()}
+  encoder = model_lib.Encoder(objective.encoder)
+  dense = lambda p, x: x @ p["kernel"] + p["bias"]
+
+  def reference(params):
+    hidden = encoder.apply({"params": params["bert"]}, batch["tokens"],
+                           batch["segment_ids"], batch["positions"],
+                           deterministic=True)
+    out = dense(params["classifier"],
+                jnp.tanh(dense(params["pooler"], hidden[:, 0])))
+    if kind == "regression":
+      return jnp.sum((out[:, 0] - batch["label"]) ** 2 * batch["weight"])
+    return losses.softmax_cross_entropy(out, batch["label"],
+                                        batch["weight"]).loss
+
+  def loss(params):
+    return objective.metrics(params, objective.corrupt(batch, None))[
+        "task_loss"][0]
+  # LLVM -O0: these tiny programs cost their compile time, not their run.
+  jit = lambda f: jax.jit(jax.value_and_grad(f), compiler_options={
+      "xla_backend_optimization_level": 0})
+  want, want_grads = jit(reference)(params)
+  got, grads = jit(loss)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, atol=1e-6, rtol=1e-4), grads, want_grads)
+
+
+def test_sentence_heads_count_the_last_layer_at_cls_only():
+  flops = lambda objective: sum(
+      m.flops for m in objective.matmuls(BATCH, SEQ))
+  full = objective_lib.FineTune(
+      _objective("tagging", 2).encoder, "classification", 2)
+  two = _objective("tagging", 2, num_layers=2, scan_layers=False).encoder
+  h, f, n, d = 16, 32, 2, 8
+  # Tagging and scanned stacks: every layer at every position.
+  tag = objective_lib.FineTune(two, "tagging", 2)
+  t = BATCH * SEQ
+  layer = 2 * (t * h * 4 * h + 2 * BATCH * n * SEQ * SEQ * d + 2 * t * h * f)
+  assert flops(tag) == 2 * layer + 2 * t * h * 2
+  cls = objective_lib.FineTune(two, "classification", 2)
+  last = 2 * (t * h * 2 * h + BATCH * h * 2 * h + 2 * BATCH * n * SEQ * d
+              + 2 * BATCH * h * f)
+  head = 2 * (BATCH * h * h + BATCH * h * 2)
+  assert flops(cls) == layer + last + head
+  assert full.encoder.scan_layers and flops(full) == layer + head
 
 
 def test_with_pretrained_takes_the_encoder_and_a_trained_pooler():

@@ -383,6 +383,31 @@ def test_scan_and_loop_agree(pre_layer_norm):
   np.testing.assert_allclose(logits_scan, logits_loop, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("scan,remat", [(False, "none"), (False, "full"),
+                                         (True, "none")])
+@pytest.mark.parametrize("pre_layer_norm", [False, True])
+@pytest.mark.parametrize("position_encoding", ["learned", "alibi"])
+def test_cls_only_is_position_0_of_the_full_encoder(
+    scan, remat, pre_layer_norm, position_encoding):
+  # Same parameter tree (a pre-trained checkpoint loads unchanged) and the
+  # same [CLS] state, with a padded row and ALiBi's per-query bias rows.
+  cfg = _cfg(scan_layers=scan, remat=remat, pre_layer_norm=pre_layer_norm,
+             position_encoding=position_encoding)
+  encoder = model_lib.Encoder(cfg)
+  tokens, segments, positions, _ = _batch()
+  init = lambda cls_only: jax.eval_shape(functools.partial(
+      encoder.init, deterministic=True, cls_only=cls_only), KEY, tokens,
+      segments, positions)["params"]
+  assert init(True) == init(False)
+  params = _random_params(cfg, seed=3)["bert"]
+  run = _jit(lambda p, cls_only: encoder.apply(
+      {"params": p}, tokens, segments, positions, deterministic=True,
+      cls_only=cls_only), static_argnums=1)
+  full, cls = np.asarray(run(params, False)), np.asarray(run(params, True))
+  assert cls.shape == (B, 1, H)
+  np.testing.assert_allclose(cls, full[:, :1], atol=1e-5, rtol=1e-5)
+
+
 REMAT_POLICIES = {
     "full": None,  # save nothing
     "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,

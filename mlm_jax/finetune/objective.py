@@ -50,8 +50,10 @@ class TaskModel(nn.Module):
 
   def outputs(self, batch: base.Batch, deterministic: bool) -> jax.Array:
     """[B, C] (sentences) or [B, L, C] (tags) float32 outputs."""
+    # A sentence head reads [CLS] alone: the last layer runs only there.
     hidden = self.bert(batch["tokens"], batch["segment_ids"],
-                       batch["positions"], deterministic=deterministic)
+                       batch["positions"], deterministic=deterministic,
+                       cls_only=self.kind != "tagging")
     if self.kind != "tagging":
       hidden = jnp.tanh(self.pooler(hidden[:, 0]))
     return self.classifier(self.dropout(hidden, deterministic)).astype(
@@ -136,7 +138,11 @@ class FineTune(base.Objective):
             else [flops.Matmul("pooler", 1, batch_size, h, h, 1),
                   flops.Matmul("classifier", 1, batch_size, h,
                                self.num_outputs, 1)])
-    return flops.encoder_matmuls(self.encoder, batch_size, seq_len) + head
+    # A sentence head's encoder runs its last layer at [CLS] alone
+    # (`model.Encoder`'s cls_only), unless scanned.
+    cls_only = self.kind != "tagging" and not self.encoder.scan_layers
+    return flops.encoder_matmuls(self.encoder, batch_size, seq_len,
+                                 cls_only=cls_only) + head
 
 
 def with_pretrained(params: Any, pretrained: Any) -> Any:
