@@ -186,6 +186,10 @@ def test_finetune_peers_run_as_fine_tuning(monkeypatch):
     calls.append((kind, kwargs["finetune"]))
     return {"kind": kind, "allocator": "system", "tokens_per_s": 1.0}
   monkeypatch.setattr(report.peers, "run_in_subprocess", run_in_subprocess)
+  # The peer is never imported here: run without the 'bench' extra too.
+  real = report.importlib.util.find_spec
+  monkeypatch.setattr(report.importlib.util, "find_spec",
+                      lambda m: object() if m == "transformers" else real(m))
   records = report.measure(small_config(), quick(finetune=True,
                                                  peers=("flax",)))
   assert calls == [("ours", True), ("flax", True)]

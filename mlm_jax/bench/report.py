@@ -94,14 +94,7 @@ def measure(config: ml_collections.ConfigDict,
     raise config_lib.ConfigError(
         f"--peer_allocator: {allocator} is not installed; "
         f"{hostenv.install_hint(allocator)} or use 'system'.")
-  needed = {"transformers"} | ({"torch"} if "torch" in kinds else set())
-  missing = sorted(m for m in needed if importlib.util.find_spec(m) is None)
-  if kinds and missing:
-    raise config_lib.ConfigError(
-        f"--peers={','.join(kinds)} needs {', '.join(missing)}, which is not "
-        f"installed; {hf.INSTALL_HINT}.")
-  fields = config_fields(config)
-  if settings.finetune:
+  if settings.finetune:  # combinations refused before packages checked
     if settings.objectives:
       raise config_lib.ConfigError(
           "--finetune and --objectives: the fine-tuning step has no "
@@ -110,6 +103,14 @@ def measure(config: ml_collections.ConfigDict,
       raise config_lib.ConfigError(
           "--finetune: the fine-tuning step's peer is Hugging Face's Flax "
           "one (run_flax_glue.py); use --peers=flax or no peers.")
+  needed = {"transformers"} | ({"torch"} if "torch" in kinds else set())
+  missing = sorted(m for m in needed if importlib.util.find_spec(m) is None)
+  if kinds and missing:
+    raise config_lib.ConfigError(
+        f"--peers={','.join(kinds)} needs {', '.join(missing)}, which is not "
+        f"installed; {hf.INSTALL_HINT}.")
+  fields = config_fields(config)
+  if settings.finetune:
     fields.update(objective=bench_finetune.NAME,
                   num_labels=bench_finetune.NUM_LABELS)
   if settings.objectives:
