@@ -256,6 +256,37 @@ def test_empty_files_are_counted(tmp_path):
   assert stats.problems() == {"empty_files": 2}
 
 
+def test_no_text_at_all_is_an_error_naming_the_files(tmp_path):
+  _write(tmp_path, {"zero.txt": "", "blank.txt": " \n\t\r\n\n",
+                    "blank.txt.gz": "\n\n", "j/a.jsonl": "",
+                    "j/b.jsonl": _jsonl({"text": " "}, {"text": ""})})
+  for pattern, fmt in [("zero.txt", "text_blocks"), ("blank.txt", "text_lines"),
+                       ("blank.txt.gz", "text_blocks"), ("j/b.jsonl", "jsonl")]:
+    docs = files.read_documents(tmp_path / pattern, fmt)
+    with pytest.raises(files.CorpusError, match=(
+        f"^{tmp_path / pattern} holds no text: the file is empty") + (
+            " or holds only blank text fields" if fmt == "jsonl" else
+            " or whitespace only") + "; give a file that holds text.$"):
+      next(docs)
+  with pytest.raises(files.CorpusError) as raised:
+    list(files.read_documents(tmp_path / "*.txt*", "text_lines"))
+  assert str(raised.value) == (
+      f"{tmp_path / '*.txt*'} holds no text: each of its 3 files "
+      f"({tmp_path / 'blank.txt'}, {tmp_path / 'blank.txt.gz'}, "
+      f"{tmp_path / 'zero.txt'}) is empty or whitespace only; give files "
+      "that hold text.")
+  with pytest.raises(files.CorpusError, match=r"j holds no text: each of its "
+                     r"2 files .* is empty or holds only blank text fields"):
+    list(files.read_documents(tmp_path / "j", "jsonl"))
+  # Several reads adding up into one ReadStats are judged one by one.
+  stats = files.ReadStats()
+  _write(tmp_path, {"text.txt": "doc\n"})
+  list(files.read_documents(tmp_path / "text.txt", "text_lines", stats=stats))
+  with pytest.raises(files.CorpusError, match="zero.txt holds no text"):
+    list(files.read_documents(tmp_path / "zero.txt", "text_lines",
+                              stats=stats))
+
+
 # Scale.
 
 

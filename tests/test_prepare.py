@@ -1,6 +1,7 @@
 """Preparation: source -> tokenizer -> packed ArrayRecord shards + manifest."""
 import gzip
 import json
+import pathlib
 import shutil
 
 import numpy as np
@@ -195,3 +196,48 @@ def test_a_build_finished_meanwhile_by_another_process_is_used(
   data = prepare.prepare(small_config(cache_dir, dir=str(target)))
   assert data.manifest["examples"] == winner.manifest["examples"]
   assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+# A corpus that cannot be used: one ConfigError line, nothing in the cache.
+
+
+def _fails_in_one_line(cfg, *expected):
+  """prepare(cfg) raises one ConfigError line holding `expected`, and leaves
+  no file (and no temporary) in the data cache."""
+  cache = pathlib.Path(cfg.data.cache_dir)
+  with pytest.raises(config_lib.ConfigError) as raised:
+    prepare.prepare(cfg)
+  message = str(raised.value)
+  assert "\n" not in message
+  for part in expected:
+    assert part in message, (part, message)
+  assert [p for p in cache.rglob("*") if not p.is_dir() or ".tmp" in p.name
+          ] == []
+  return message
+
+
+def test_corpus_without_text_is_one_config_error(tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "zero.txt").write_bytes(b"")
+  (corpus / "blank.txt").write_text(" \n\t\n\n")
+  cfg = small_config(tmp_path / "cache", source="files", max_documents=0)
+  for name in ("zero.txt", "blank.txt"):
+    cfg.data.files = str(corpus / name)
+    _fails_in_one_line(cfg, f"config.data.files: {corpus / name} holds no "
+                       "text: the file is empty or whitespace only")
+  cfg.data.files = str(corpus / "*.txt")
+  _fails_in_one_line(cfg, f"config.data.files: {corpus / '*.txt'} holds no "
+                     f"text: each of its 2 files ({corpus / 'blank.txt'}, "
+                     f"{corpus / 'zero.txt'}) is empty or whitespace only")
+  # With a tokenizer given, the read that finds no text is the packing's.
+  cfg.data.files = str(corpus / "zero.txt")
+  cfg.tokenizer.path = str(_tokenizer(tmp_path))
+  _fails_in_one_line(cfg, "zero.txt holds no text")
+
+
+def _tokenizer(tmp_path):
+  texts = [f"{PROSE} {i} {PROSE[::-1]}" for i in range(200)]
+  return tok.train_sentencepiece(texts, tmp_path / "given" / "t.model",
+                                 vocab_size=60, model_type="bpe")
+

@@ -8,10 +8,12 @@ follow from that:
   replaced with U+FFFD, JSONL lines that are not usable are skipped, and
   every such item is counted in a `ReadStats` that is logged (with the
   first place each kind of problem was seen) when the read ends. Mistakes
-  that would make a whole file useless are errors instead: a JSONL file in
-  which no line has the text field (almost surely the wrong `field`), and a
-  compressed file that does not decompress (partially read data would go
-  missing unnoticed).
+  that would make a whole file useless are errors (`CorpusError`, one line
+  naming the file and the fix) instead: a JSONL file in which no line has
+  the text field (almost surely the wrong `field`), a compressed file that
+  does not decompress (partially read data would go missing unnoticed),
+  and a read that yields no document (empty or blank files only: nothing
+  to train on).
 - Memory does not grow with the corpus. Files are read line by line and
   documents are yielded one at a time, so the peak is about twice the
   longest line (its bytes while they are decoded), whatever the file sizes.
@@ -67,6 +69,11 @@ _PROBLEMS = {
                               "skipped",
     "decode_errors": "documents with invalid UTF-8 (replaced)",
 }
+
+
+class CorpusError(ValueError):
+  """A corpus file that cannot be used; the one-line message names the file
+  and the fix."""
 
 
 @dataclasses.dataclass
@@ -210,10 +217,12 @@ def read_documents(pattern: str | os.PathLike[str], fmt: str, *,
     leading UTF-8 byte-order mark removed, otherwise as in the file.
 
   Raises:
-    ValueError: `fmt` is unknown, or a file is an archive (.zip, .tar...).
+    ValueError: `fmt` is unknown.
+    CorpusError: a file is an archive (.zip, .tar...).
     FileNotFoundError: see `resolve_files`.
-    While iterating, ValueError: a compressed file is corrupt or truncated,
-    or a JSONL file has no line with a string `field`.
+    While iterating, CorpusError: a compressed file is corrupt or
+    truncated, a JSONL file has no line with a string `field`, or no file
+    holds any text.
   """
   if fmt not in FORMATS:
     raise ValueError(
@@ -222,7 +231,7 @@ def read_documents(pattern: str | os.PathLike[str], fmt: str, *,
   for path in paths:
     name = path.name.lower()
     if name.endswith(_ARCHIVE_SUFFIXES):
-      raise ValueError(
+      raise CorpusError(
           f"{path} is an archive, or compressed in a format not read here; "
           "extract or decompress it (.gz, .bz2 and .xz files are read "
           "directly).")
@@ -235,10 +244,13 @@ def _read(paths: list[pathlib.Path], fmt: str, field: str, stats: ReadStats,
   reader = {"text_blocks": _text_blocks, "text_lines": _text_lines,
             "jsonl": _jsonl}[fmt]
   ending = ""
+  documents = stats.documents  # Before this read (stats may add up reads).
   try:
     for path in paths:
       stats.files += 1
       yield from reader(path, field, stats)
+    if stats.documents == documents:
+      raise _no_text(paths, pattern, fmt)
   except GeneratorExit:  # The consumer stopped, e.g. at a document cap.
     ending = " (stopped early)"
     raise
@@ -249,6 +261,21 @@ def _read(paths: list[pathlib.Path], fmt: str, field: str, stats: ReadStats,
     level = logging.WARNING if stats.problems() else logging.INFO
     logging.log(level, "Read %s as %s%s: %s", pattern, fmt, ending,
                 stats.summary())
+
+
+def _no_text(paths: list[pathlib.Path], pattern: str,
+             fmt: str) -> CorpusError:
+  blank = ("or holds only blank text fields" if fmt == "jsonl"
+           else "or whitespace only")
+  if len(paths) == 1:
+    return CorpusError(f"{paths[0]} holds no text: the file is empty {blank}; "
+                       "give a file that holds text.")
+  shown = ", ".join(map(str, paths[:3]))
+  if len(paths) > 3:
+    shown += f" and {len(paths) - 3} more"
+  return CorpusError(
+      f"{pattern} holds no text: each of its {len(paths)} files ({shown}) is "
+      f"empty {blank}; give files that hold text.")
 
 
 def _lines(path: pathlib.Path,
@@ -279,7 +306,7 @@ def _lines(path: pathlib.Path,
     except _DECOMPRESS_ERRORS as e:
       if opener is None:
         raise
-      raise ValueError(
+      raise CorpusError(
           f"{path}: corrupt or truncated compressed file ({e}). Its data is "
           "not read in full; re-download or re-compress it, or move it out "
           "of the corpus.") from e
@@ -393,14 +420,14 @@ def _jsonl(path: pathlib.Path, field: str, stats: ReadStats) -> Iterator[str]:
     _count(stats, "empty_files", str(path))
   elif not usable:
     if first_keys is None:
-      raise ValueError(
+      raise CorpusError(
           f"{path}: none of its {lines} non-blank lines is a JSON object; is "
           "it really JSON Lines? For plain text use the format 'text_lines' "
           "or 'text_blocks'.")
     shown = ", ".join(repr(k) for k in first_keys[:20])
     if len(first_keys) > 20:
       shown += f", ... ({len(first_keys)} keys)"
-    raise ValueError(
+    raise CorpusError(
         f"{path}: no line has a string field {field!r} (checked {lines} "
         f"lines). Keys of the first object: [{shown}]. Set the field to the "
         "key that holds the text (a dotted path like 'meta.text' reaches "

@@ -12,7 +12,8 @@ A prepared dataset is a directory:
 temporary sibling directory and renamed into place when complete, so a
 directory with a manifest is always whole. An existing directory whose
 manifest matches the config is reused; one that does not match is an error,
-never a silent reuse.
+never a silent reuse. A corpus that cannot be used (no text) is a one-line
+ConfigError.
 """
 from __future__ import annotations
 
@@ -185,9 +186,10 @@ def _build(config, s: dict, out: pathlib.Path) -> dict:
       if pool is not None:
         pool.terminate()
   if not totals["train"]:
-    raise ValueError(
-        f"No training examples from {sources.describe(config.data)}: the "
-        "source yielded no text (see the read summary above).")
+    raise config_lib.ConfigError(
+        f"config.data.source: no training examples from "
+        f"{sources.describe(config.data)}: it yielded no text; check the "
+        "dataset (see the read summary above)")
   pack_seconds = time.perf_counter() - start - tokenizer_seconds
   slots = (totals["train"] + totals["eval"]) * config.data.seq_len
   manifest = {

@@ -67,12 +67,32 @@ def _check(data: ml_collections.ConfigDict) -> None:
 
 def documents(data: ml_collections.ConfigDict,
               stats: files.ReadStats | None = None) -> Iterator[str]:
-  """The document texts of `config.data`, in order."""
+  """The document texts of `config.data`, in order.
+
+  Raises ConfigError (at once, or while iterating) for local files that
+  cannot be used (see `files.CorpusError`).
+  """
   _check(data)
   if data.source == "files":
-    return files.read_documents(data.files, data.files_format,
-                                field=data.text_feature, stats=stats)
+    try:
+      return _config_errors(files.read_documents(
+          data.files, data.files_format, field=data.text_feature,
+          stats=stats))
+    except files.CorpusError as e:
+      raise _config_error(e) from e
   return tfds_source.tfds_documents(**_tfds_args(data))
+
+
+def _config_error(e: files.CorpusError) -> config_lib.ConfigError:
+  return config_lib.ConfigError(f"config.data.files: {e}")
+
+
+def _config_errors(docs: Iterator[str]) -> Iterator[str]:
+  """`docs`, its CorpusErrors raised as ConfigErrors (one line each)."""
+  try:
+    yield from docs
+  except files.CorpusError as e:
+    raise _config_error(e) from e
 
 
 def describe(data: ml_collections.ConfigDict) -> dict:
