@@ -11,7 +11,9 @@ import json
 import logging
 import lzma
 import os
+import random
 import shutil
+import sys
 import tracemalloc
 
 import pytest
@@ -285,6 +287,65 @@ def test_no_text_at_all_is_an_error_naming_the_files(tmp_path):
   with pytest.raises(files.CorpusError, match="zero.txt holds no text"):
     list(files.read_documents(tmp_path / "zero.txt", "text_lines",
                               stats=stats))
+
+
+# Files that are not text.
+
+
+def _program_bytes():
+  """The start of this machine's python interpreter: a compiled program."""
+  with open(os.path.realpath(sys.executable), "rb") as f:
+    return f.read(64 * 1024)
+
+
+PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00"
+       b"\x10\x08\x06\x00\x00\x00\x1f\xf3\xffa" + bytes(range(256)) * 4)
+
+
+@pytest.mark.parametrize("kind", ["program", "png", "gzipped_program",
+                                  "random_bytes_without_nul", "utf16",
+                                  "cp1251"])
+def test_a_file_that_is_not_text_is_refused_naming_it(tmp_path, kind):
+  program = _program_bytes()
+  noise = bytes(b % 255 + 1 for b in random.Random(0).randbytes(20_000))
+  data, name = {
+      "program": (program, "python"), "png": (PNG, "img.png"),
+      "gzipped_program": (gzip.compress(program), "lib.so.gz"),
+      "random_bytes_without_nul": (noise, "noise.txt"),
+      "utf16": ("Text in UTF-16.\n".encode("utf-16"), "notes.txt"),
+      "cp1251": ("Текст по-ру"
+                 "сски.\n".encode("cp1251") * 50,
+                 "ru.txt")}[kind]
+  _write(tmp_path, {"a.txt": "Some text first.\n"})
+  (tmp_path / name).write_bytes(data)
+  docs = files.read_documents(tmp_path, "text_lines")
+  with pytest.raises(files.CorpusError) as raised:
+    list(docs)
+  message = str(raised.value)
+  assert "\n" not in message
+  assert message.startswith(str(tmp_path / name) + " is ")
+  if kind == "utf16":
+    assert "is UTF-16 text, not UTF-8; convert it (iconv" in message
+  else:
+    assert ("hold NUL bytes" in message) == (kind in ("program", "png",
+                                                      "gzipped_program"))
+    assert message.endswith("move it out of the corpus, or convert it to "
+                            "UTF-8 text.")
+
+
+def test_text_with_a_few_odd_bytes_is_still_text(tmp_path):
+  latin1 = ("Le c\u0153ur d\u00e9\u00e7u mais l'\u00e2me plut\u00f4t "
+            "na\u00efve, Lou\u00ffs r\u00eava. ").encode("cp1252") * 100
+  odd = b"Plain text. " * 500 + b"\xff\xfe\x80 and \x01 controls\n" * 20
+  coloured = "\x1b[31mERROR\x1b[0m thing happened\f\v\n" * 100
+  # A character across the end of the block judged is read whole.
+  cut = "\u00e9" * (files._SNIFF_BYTES // 2 - 1) + "e\u00e9\n"
+  _write(tmp_path, {"a.txt": latin1, "b.txt": odd, "c.log": coloured,
+                    "d.txt": cut, "e.txt": b"\xff\n"})
+  docs, stats = _read(tmp_path, "text_lines")
+  assert len(docs) == 1 + 20 + 100 + 1 + 1  # a.txt, b.txt ... in order.
+  assert stats.decode_errors == 1 + 20 + 1
+  assert docs[-2] == cut.rstrip("\n")
 
 
 # Scale.

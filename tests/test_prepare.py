@@ -1,8 +1,10 @@
 """Preparation: source -> tokenizer -> packed ArrayRecord shards + manifest."""
 import gzip
 import json
+import os
 import pathlib
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -240,4 +242,17 @@ def _tokenizer(tmp_path):
   texts = [f"{PROSE} {i} {PROSE[::-1]}" for i in range(200)]
   return tok.train_sentencepiece(texts, tmp_path / "given" / "t.model",
                                  vocab_size=60, model_type="bpe")
+
+
+def test_binary_corpus_file_is_one_config_error(tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "a.txt").write_text(PROSE * 50)
+  with open(os.path.realpath(sys.executable), "rb") as f:
+    (corpus / "python").write_bytes(f.read(1 << 16))  # a compiled program
+  cfg = small_config(tmp_path / "cache", source="files", max_documents=0,
+                     files=str(corpus))
+  _fails_in_one_line(cfg, f"config.data.files: {corpus / 'python'} is not "
+                     "text: its first 8192 bytes hold NUL bytes",
+                     "move it out of the corpus")
 

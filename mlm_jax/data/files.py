@@ -11,9 +11,10 @@ follow from that:
   that would make a whole file useless are errors (`CorpusError`, one line
   naming the file and the fix) instead: a JSONL file in which no line has
   the text field (almost surely the wrong `field`), a compressed file that
-  does not decompress (partially read data would go missing unnoticed),
-  and a read that yields no document (empty or blank files only: nothing
-  to train on).
+  does not decompress (partially read data would go missing unnoticed), a
+  file that is not text at all (a program, an image: judged, as git and
+  Perl's -B do, from its first block), and a read that yields no document
+  (empty or blank files only: nothing to train on).
 - Memory does not grow with the corpus. Files are read line by line and
   documents are yielded one at a time, so the peak is about twice the
   longest line (its bytes while they are decoded), whatever the file sizes.
@@ -26,6 +27,7 @@ not on where they live.
 from __future__ import annotations
 
 import bz2
+import codecs
 import dataclasses
 import glob
 import gzip
@@ -53,6 +55,18 @@ _DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip",
                      ".7z", ".zst", ".zstd", ".lz4", ".br")
 _GLOB_CHARS = re.compile(r"[*?[]")
+# A file is judged text or not by its first block (after decompression): a
+# NUL byte (git's rule), or more than this share of bytes that are neither
+# UTF-8 nor text (Perl's -B rule, made UTF-8 aware), and it is not text.
+# Text in a legacy 8-bit encoding with a few accented letters stays below
+# the share (its bytes are replaced and counted); binary data does not. A
+# few odd bytes never make a file binary, however short it is.
+_SNIFF_BYTES = 8192
+_MAX_NON_TEXT_SHARE = 0.3
+_MIN_NON_TEXT_BYTES = 16
+# C0 controls that text does not hold (whitespace and ESC, as in logs with
+# colours, are text).
+_NON_TEXT_CONTROLS = re.compile("[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
 # A JSON "\ud800" escape decodes to a lone surrogate, which no encoder (nor
 # SentencePiece) accepts downstream.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -221,8 +235,8 @@ def read_documents(pattern: str | os.PathLike[str], fmt: str, *,
     CorpusError: a file is an archive (.zip, .tar...).
     FileNotFoundError: see `resolve_files`.
     While iterating, CorpusError: a compressed file is corrupt or
-    truncated, a JSONL file has no line with a string `field`, or no file
-    holds any text.
+    truncated, a file is not text (binary, or not UTF-8 at all), a JSONL
+    file has no line with a string `field`, or no file holds any text.
   """
   if fmt not in FORMATS:
     raise ValueError(
@@ -278,6 +292,30 @@ def _no_text(paths: list[pathlib.Path], pattern: str,
       f"empty {blank}; give files that hold text.")
 
 
+def _check_text(path: pathlib.Path, head: bytes) -> None:
+  """Raises CorpusError unless `head`, the file's first block, is text."""
+  if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+    raise CorpusError(
+        f"{path} is UTF-16 text, not UTF-8; convert it (iconv -f UTF-16 -t "
+        "UTF-8) or move it out of the corpus.")
+  if b"\0" in head:
+    problem = f"its first {len(head)} bytes hold NUL bytes"
+  else:
+    decoder = codecs.getincrementaldecoder("utf-8")("ignore")
+    text = decoder.decode(head)  # A character cut at the end is held back.
+    invalid = len(head) - len(decoder.getstate()[0]) - len(
+        text.encode("utf-8"))
+    odd = invalid + len(_NON_TEXT_CONTROLS.findall(text))
+    if odd < max(_MIN_NON_TEXT_BYTES, _MAX_NON_TEXT_SHARE * len(head)):
+      return
+    problem = (f"{odd / len(head):.0%} of its first {len(head)} bytes are "
+               "not UTF-8 text")
+  raise CorpusError(
+      f"{path} is not text: {problem} (a program, an image, compressed "
+      "data, or text in another encoding?); move it out of the corpus, or "
+      "convert it to UTF-8 text.")
+
+
 def _lines(path: pathlib.Path,
            stats: ReadStats) -> Iterator[tuple[int, str, bool]]:
   """(line number, text, had invalid UTF-8) of each line of a file.
@@ -288,6 +326,8 @@ def _lines(path: pathlib.Path,
   opener = _OPENERS.get(path.suffix.lower())
   with (opener or open)(path, "rb") as f:  # Compressed: reads nothing yet.
     try:
+      _check_text(path, f.read(_SNIFF_BYTES))
+      f.seek(0)  # Compressed: decompresses the block again.
       number = 0  # Not enumerate(): its cached tuple would keep `raw`.
       for raw in f:
         number += 1

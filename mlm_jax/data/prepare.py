@@ -12,8 +12,8 @@ A prepared dataset is a directory:
 temporary sibling directory and renamed into place when complete, so a
 directory with a manifest is always whole. An existing directory whose
 manifest matches the config is reused; one that does not match is an error,
-never a silent reuse. A corpus that cannot be used (no text) is a one-line
-ConfigError.
+never a silent reuse. A corpus that cannot be used (no text, not text) is a
+one-line ConfigError.
 """
 from __future__ import annotations
 
