@@ -22,6 +22,7 @@ import hashlib
 import io
 import os
 import pathlib
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,6 +48,30 @@ MAX_LINE_BYTES = 4192
 # thread count. A fixed default makes the same corpus give the same model on
 # a laptop and on a 96-core host; oversubscribing 2 cores costs little.
 DEFAULT_TRAIN_THREADS = 16
+
+
+class VocabSizeError(ValueError):
+  """The training text cannot give `vocab_size` pieces.
+
+  Attributes:
+    vocab_size: the size asked for.
+    at_most: the largest size the text supports, if that was exceeded.
+    at_least: the smallest size its characters need, if that was not met.
+  """
+
+  def __init__(self, message: str, vocab_size: int, *,
+               at_most: int | None = None, at_least: int | None = None):
+    super().__init__(message)
+    self.vocab_size, self.at_most, self.at_least = (vocab_size, at_most,
+                                                    at_least)
+
+
+# What SentencePiece's trainer says (in a RuntimeError) when the text has
+# too few distinct pieces for the vocabulary, or too many characters for it.
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it "
+                       r"to a value <= (\d+)")
+_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. "
+                      r"(\d+) vs (\d+)")
 
 
 def chunk_line(line: str, max_bytes: int = MAX_LINE_BYTES) -> list[str]:
@@ -142,8 +167,10 @@ def train_sentencepiece(
       the fixed DEFAULT_TRAIN_THREADS, not the machine's core count.
 
   Raises:
+    VocabSizeError: vocab_size is more than the text supports, or fewer
+      pieces than its characters need.
     ValueError: bad arguments, no text, or SentencePiece rejected the
-      settings for this text (e.g. vocab_size too large for it).
+      settings for this text for another reason.
   """
   model_path = pathlib.Path(model_path)
   if model_path.suffix != ".model":
@@ -187,6 +214,18 @@ def train_sentencepiece(
         minloglevel=1,  # Warnings only; the INFO log is thousands of lines.
     )
   except RuntimeError as e:
+    if high := _TOO_HIGH.search(str(e)):
+      raise VocabSizeError(
+          f"Cannot train {model_path}: vocab_size={vocab_size} is more than "
+          f"its {len(lines)} lines of text support (at most {high.group(2)} "
+          f"pieces with model_type={model_type!r}); lower vocab_size, or "
+          "give more text.", vocab_size, at_most=int(high.group(2))) from e
+    if low := _TOO_LOW.search(str(e)):
+      raise VocabSizeError(
+          f"Cannot train {model_path}: vocab_size={vocab_size} is fewer "
+          f"pieces than the characters of its text need (at least "
+          f"{low.group(2)}); raise vocab_size.", vocab_size,
+          at_least=int(low.group(2))) from e
     raise ValueError(
         f"SentencePiece could not train {model_path} (vocab_size={vocab_size}, "
         f"model_type={model_type!r}, {len(lines)} lines): {e}") from e

@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 
@@ -242,6 +243,21 @@ def _tokenizer(tmp_path):
   texts = [f"{PROSE} {i} {PROSE[::-1]}" for i in range(200)]
   return tok.train_sentencepiece(texts, tmp_path / "given" / "t.model",
                                  vocab_size=60, model_type="bpe")
+
+
+def test_vocabulary_larger_than_the_corpus_supports_is_one_config_error(
+    tmp_path):
+  (tmp_path / "small.txt").write_text("A tiny corpus.\n\nOf two documents.\n")
+  cfg = small_config(tmp_path / "cache", source="files", max_documents=0,
+                     files=str(tmp_path / "small.txt"))
+  message = _fails_in_one_line(
+      cfg, "config.vocab_size: 400 is more than this corpus supports (at "
+      "most ", " pieces with tokenizer.model_type='bpe'); lower it, or give "
+      "more text")
+  at_most = int(re.search(r"at most (\d+)", message).group(1))
+  assert 21 < at_most < 400
+  cfg.vocab_size = at_most  # The fix it names works.
+  assert prepare.prepare(cfg).tokenizer.vocab_size == at_most
 
 
 def test_binary_corpus_file_is_one_config_error(tmp_path):

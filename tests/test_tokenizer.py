@@ -173,8 +173,11 @@ def test_max_sentences_caps_training_input(tmp_path, texts):
 
 def test_failed_training_leaves_no_file(tmp_path, texts):
   path = tmp_path / "big.model"
-  with pytest.raises(ValueError, match="too high"):
+  with pytest.raises(tok.VocabSizeError, match=r"vocab_size=50000 is more "
+                     r"than its \d+ lines of text support \(at most \d+ "
+                     "pieces") as raised:
     tok.train_sentencepiece(texts[:3], path, vocab_size=50_000)
+  assert 0 < raised.value.at_most < 50_000 and raised.value.at_least is None
   assert os.listdir(tmp_path) == []  # Neither the model nor a temp file.
   # A previous model at the path survives a failed retraining untouched.
   path.write_bytes(b"previous")
@@ -182,6 +185,20 @@ def test_failed_training_leaves_no_file(tmp_path, texts):
     tok.train_sentencepiece(texts[:3], path, vocab_size=50_000)
   assert path.read_bytes() == b"previous"
   assert os.listdir(tmp_path) == ["big.model"]
+
+
+def test_vocabulary_smaller_than_the_characters_is_a_vocab_size_error(
+    tmp_path):
+  # 120 distinct characters, each frequent, and the word-boundary mark: all
+  # must be pieces, beside the 5 reserved ids.
+  text = "".join(chr(0x4E00 + i) for i in range(120))
+  with pytest.raises(tok.VocabSizeError, match=r"vocab_size=60 is fewer "
+                     r"pieces than the characters of its text need \(at "
+                     r"least 126\)") as raised:
+    tok.train_sentencepiece([text] * 20, tmp_path / "small.model",
+                            vocab_size=60)
+  assert raised.value.at_least == 126 and raised.value.at_most is None
+  assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("kwargs, match", [

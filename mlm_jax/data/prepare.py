@@ -12,8 +12,8 @@ A prepared dataset is a directory:
 temporary sibling directory and renamed into place when complete, so a
 directory with a manifest is always whole. An existing directory whose
 manifest matches the config is reused; one that does not match is an error,
-never a silent reuse. A corpus that cannot be used (no text, not text) is a
-one-line ConfigError.
+never a silent reuse. A corpus that cannot be used (no text, not text, too
+little text for the vocabulary) is a one-line ConfigError.
 """
 from __future__ import annotations
 
@@ -145,6 +145,25 @@ def _progress(total: int | None):
                    desc="prepare")
 
 
+def _train_tokenizer(config, model: pathlib.Path) -> None:
+  try:
+    tok.train_sentencepiece(
+        _documents(config, limit=config.tokenizer.train_documents), model,
+        vocab_size=config.vocab_size, model_type=config.tokenizer.model_type,
+        max_sentences=config.tokenizer.max_sentences)
+  except tok.VocabSizeError as e:
+    if e.at_most is not None:
+      raise config_lib.ConfigError(
+          f"config.vocab_size: {e.vocab_size} is more than this corpus "
+          f"supports (at most {e.at_most} pieces with tokenizer.model_type="
+          f"{config.tokenizer.model_type!r}); lower it, or give more text"
+      ) from e
+    raise config_lib.ConfigError(
+        f"config.vocab_size: {e.vocab_size} is fewer pieces than the "
+        f"characters of this corpus need (at least {e.at_least}); raise it"
+    ) from e
+
+
 def _build(config, s: dict, out: pathlib.Path) -> dict:
   """Writes tokenizer, shards and manifest into the directory `out`."""
   start = time.perf_counter()
@@ -152,10 +171,7 @@ def _build(config, s: dict, out: pathlib.Path) -> dict:
   if config.tokenizer.path:
     shutil.copyfile(pathlib.Path(config.tokenizer.path).expanduser(), model)
   else:
-    tok.train_sentencepiece(
-        _documents(config, limit=config.tokenizer.train_documents), model,
-        vocab_size=config.vocab_size, model_type=config.tokenizer.model_type,
-        max_sentences=config.tokenizer.max_sentences)
+    _train_tokenizer(config, model)
   tokenizer = tok.Tokenizer.load(model)  # validates the reserved ids
   tokenizer_seconds = time.perf_counter() - start
 
