@@ -7,6 +7,7 @@ rules themselves are tested in test_prose.py.
 
 import json
 import os
+import subprocess
 import sys
 import sysconfig
 
@@ -14,6 +15,7 @@ import pytest
 
 from mlm_jax.data import offline
 from mlm_jax.data import prose
+from mlm_jax.data import scratch
 
 PROSE = ("The quick brown fox jumps over the lazy dog while the farmer "
          "watches from the porch of the old house, and nobody in the village "
@@ -229,3 +231,16 @@ def test_real_stdlib_files(tmp_path):
     assert ">>>" not in text and "\n\n\n" not in text
     assert all(p and "\n" not in p
                for p in text.split(prose.PARAGRAPH_SEPARATOR))
+
+
+def test_offline_corpus_removes_what_a_killed_build_left(package, tmp_path):
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  left = cache / f".offline-v2-0123.jsonl.tmp-{scratch._host()}-{dead.pid}-ab"
+  left.write_text('{"text": "half a corpus"}\n{"te')
+  path = offline.offline_corpus(cache, roots={"pkg": package},
+                                include_topics=False, num_workers=1)
+  assert sorted(p.name for p in cache.iterdir()) == sorted(
+      [path.name, offline.stats_path(path).name])

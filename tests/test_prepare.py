@@ -5,6 +5,7 @@ import os
 import pathlib
 import re
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -16,6 +17,7 @@ from mlm_jax import config as config_lib
 from mlm_jax import tokenizer as tok
 from mlm_jax.data import chunks
 from mlm_jax.data import prepare
+from mlm_jax.data import scratch
 
 PROSE = ("The model reads every sentence of the corpus once per epoch, and "
          "the masks change each time it does. ")
@@ -272,3 +274,28 @@ def test_binary_corpus_file_is_one_config_error(tmp_path):
                      "text: its first 8192 bytes hold NUL bytes",
                      "move it out of the corpus")
 
+
+def _leftover(directory, name, pid, host=None):
+  """A temporary as scratch names it, with a file in it."""
+  path = directory / (f".{name}.tmp-{host or scratch._host()}-{pid}-"
+                      "abcd1234")
+  path.mkdir(parents=True)
+  (path / "train-000000.array_record.tmp").write_bytes(b"partial")
+  return path
+
+
+def test_leftovers_of_killed_builds_are_removed_live_ones_kept(tmp_path):
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  prepared = tmp_path / "cache" / "prepared"
+  killed = _leftover(prepared, "files-L64-0123456789abcdef", dead.pid)
+  live = _leftover(prepared, "files-L64-fedcba9876543210", os.getppid())
+  remote = _leftover(prepared, "files-L64-0123456789abcdef", dead.pid,
+                     host="another-host")
+  (tmp_path / "a.txt").write_text(PROSE * 20)
+  cfg = small_config(tmp_path / "cache", source="files", max_documents=0,
+                     files=str(tmp_path / "a.txt"))
+  cfg.tokenizer.path = str(_tokenizer(tmp_path))
+  data = prepare.prepare(cfg)
+  assert sorted(prepared.iterdir()) == sorted([data.directory, live, remote])
+  assert not killed.exists()

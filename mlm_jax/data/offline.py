@@ -15,7 +15,9 @@ same for any number of workers.
 
 The cache file name carries a fingerprint of the inputs, so another
 environment gets its own file, and every file is written atomically (temp
-file, fsync, rename): a file at its final path is always complete.
+file, fsync, rename): a file at its final path is always complete. A build
+killed meanwhile leaves its temp file, which the next build removes (see
+`scratch`).
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ import pathlib
 import platform
 import re
 import sysconfig
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -40,6 +41,7 @@ from typing import IO, Any
 from absl import logging
 
 from mlm_jax.data import prose
+from mlm_jax.data import scratch
 
 # Part of the cache key: bump it whenever collection or cleaning rules (here
 # or in `prose`) change.
@@ -169,8 +171,7 @@ def topic_documents() -> list[tuple[str, str]]:
 @contextlib.contextmanager
 def _atomic_open(path: pathlib.Path) -> Iterator[IO[str]]:
   """A text file that appears at `path` complete, or not at all."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=".tmp")
+  fd, tmp = scratch.mkstemp(path.parent, path.name)
   try:
     with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
       yield f
@@ -299,6 +300,7 @@ def offline_corpus(cache_dir: str | os.PathLike[str],
   path = pathlib.Path(cache_dir) / (
       f"offline-v{CORPUS_VERSION}-"
       f"{corpus_fingerprint(files, include_topics)}.jsonl")
+  scratch.remove_dead(cache_dir)  # of builds killed before
   if path.exists():  # Written atomically: existing means complete.
     return path
   stats = build_offline_corpus(path, files, num_workers, include_topics)

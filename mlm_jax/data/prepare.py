@@ -10,10 +10,12 @@ A prepared dataset is a directory:
 `config.data.dir` names it; left empty, it is a directory under
 `config.data.cache_dir` named by a fingerprint of the spec. It is built in a
 temporary sibling directory and renamed into place when complete, so a
-directory with a manifest is always whole. An existing directory whose
-manifest matches the config is reused; one that does not match is an error,
-never a silent reuse. A corpus that cannot be used (no text, not text, too
-little text for the vocabulary) is a one-line ConfigError.
+directory with a manifest is always whole; a build that fails removes its
+temporary, and the next build removes those of killed ones (see `scratch`).
+An existing directory whose manifest matches the config is reused; one that
+does not match is an error, never a silent reuse. A corpus that cannot be
+used (no text, not text, too little text for the vocabulary) is a one-line
+ConfigError.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 import time
 from typing import Iterator
 
@@ -40,6 +41,7 @@ from mlm_jax import tokenizer as tok
 from mlm_jax.data import chunks
 from mlm_jax.data import files
 from mlm_jax.data import records
+from mlm_jax.data import scratch
 from mlm_jax.data import sources
 
 PREPARE_VERSION = 2
@@ -238,6 +240,7 @@ def prepare(config: ml_collections.ConfigDict) -> PreparedData:
   s = spec(config)
   directory = (pathlib.Path(config.data.dir).expanduser() if config.data.dir
                else default_directory(config, s))
+  scratch.remove_dead(directory.parent)  # of builds killed before
   manifest = directory / "manifest.json"
   if manifest.exists():
     diff = _differences(json.loads(manifest.read_text())["spec"], s)
@@ -253,8 +256,7 @@ def prepare(config: ml_collections.ConfigDict) -> PreparedData:
         "so it is not a prepared dataset; name a new or empty directory")
   directory.parent.mkdir(parents=True, exist_ok=True)
   logging.info("Preparing %s into %s", s["source"], directory)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent,
-                                      prefix=f".{directory.name}.tmp-"))
+  tmp = scratch.mkdtemp(directory.parent, directory.name)
   try:
     built = _build(config, s, tmp)
     if directory.exists() and not manifest.exists():
