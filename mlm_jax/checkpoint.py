@@ -4,10 +4,12 @@ Items of a step directory (`<workdir>/<step>/<item>`): `state`, the train state
 pytree (step, params, optimizer state; sharded or replicated); `config`, the
 run config (JSON); `data`, the data-iterator state (JSON, when given);
 `progress`, the best held-out loss and early-stopping counters (JSON, when
-given; `early_stopping.Progress`).
+given; `early_stopping.Progress`); `checksums`, a checksum of every array of
+`state` (JSON; `checksums.py`).
 
 A state holding NaN/Inf is never saved, so a diverged run cannot rotate good
-checkpoints away. Restores go into the caller's abstract state (shapes, dtypes,
+checkpoints away. A restored state is checked against its checksums and for
+NaN/Inf: bytes damaged on disk count as a damaged checkpoint. Restores go into the caller's abstract state (shapes, dtypes,
 shardings), so a checkpoint written on one topology restores onto another.
 
 Interrupted saves: orbax writes a step into `<step>.orbax-checkpoint-tmp` and
@@ -15,7 +17,14 @@ renames it when complete (local disks), or writes `commit_success.txt` last
 (GCS). Unfinalised steps are never listed as steps; their leftovers are
 removed when a `Checkpointer` opens the directory. A finalised step that is
 damaged later is moved aside by `restore`, which falls back to the step before.
+
+Failed saves (a full disk, a path that refuses writes): a save runs in the
+background; `check_saves` (cheap, called every step) raises
+`CheckpointSaveError` once a save has failed. Old steps beyond `max_to_keep`
+are deleted only after a newer step is written, so a failing save never costs
+the checkpoint before it.
 """
+import re
 import time
 from typing import Any, NamedTuple
 
@@ -25,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from mlm_jax import checksums as checksums_lib
 
 PyTree = Any
 
@@ -37,6 +48,7 @@ ITEMS = {
     "config": (ocp.args.JsonSave, ocp.args.JsonRestore),
     "data": (ocp.args.JsonSave, ocp.args.JsonRestore),
     "progress": (ocp.args.JsonSave, ocp.args.JsonRestore),
+    "checksums": (ocp.args.JsonSave, ocp.args.JsonRestore),
 }
 REQUIRED_ITEMS = ("state", "config")
 
@@ -53,6 +65,14 @@ class CheckpointRestoreError(RuntimeError):
   """No checkpoint in the directory could be restored."""
 
 
+class CheckpointDamagedError(RuntimeError):
+  """A restored state differs from its checksums or holds NaN/Inf."""
+
+
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written (full disk, unwritable path)."""
+
+
 class Restored(NamedTuple):
   step: int
   state: PyTree
@@ -63,32 +83,37 @@ class Restored(NamedTuple):
   progress: dict | None = None
 
 
-@jax.jit
-def _finite_flags(leaves: list[jax.Array]) -> jax.Array:
-  """[len(leaves)] bool array: whether each leaf is all finite."""
-  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+def _non_finite_error(bad: list[str], total: int) -> NonFiniteStateError:
+  return NonFiniteStateError(
+      f"Refusing to save a state with NaN/Inf values in {len(bad)} of "
+      f"{total} arrays: {', '.join(bad[:10])}"
+      f"{' ...' if len(bad) > 10 else ''}. The run has diverged; existing "
+      "checkpoints are left untouched.")
 
 
-def check_finite(state: PyTree) -> None:
-  """Raises NonFiniteStateError if a floating leaf of `state` has NaN/Inf.
+def check_finite(state: PyTree) -> dict[str, list]:
+  """Raises NonFiniteStateError if a floating leaf of `state` has NaN/Inf;
+  else returns the state's checksums (`checksums.summarize`).
 
-  One jitted reduction on device and a single host fetch of one bool per leaf.
+  One jitted reduction on device and a single host fetch.
   """
-  path_leaves = [
-      (path, x) for path, x in jax.tree_util.tree_leaves_with_path(state)
-      if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-  ]
-  if not path_leaves:
-    return
-  flags = np.asarray(_finite_flags([x for _, x in path_leaves]))
-  if not flags.all():
-    bad = [jax.tree_util.keystr(p) for (p, _), ok in zip(path_leaves, flags)
-           if not ok]
-    raise NonFiniteStateError(
-        f"Refusing to save a state with NaN/Inf values in {len(bad)} of "
-        f"{len(flags)} floating arrays: {', '.join(bad[:10])}"
-        f"{' ...' if len(bad) > 10 else ''}. The run has diverged; existing "
-        "checkpoints are left untouched.")
+  sums, bad = checksums_lib.summarize(state)
+  if bad:
+    raise _non_finite_error(bad, len(sums))
+  return sums
+
+
+def _cause(e: Exception | None) -> str:
+  """What made a write fail, in a few words ('No space left on device')."""
+  if e is None:
+    return "the step was not written (see the log above)"
+  text = str(e)
+  os_error = re.search(r"Failed to write [^:]*: ([^\[]+?)\s*\[os_error", text)
+  if os_error:
+    return os_error.group(1)
+  if isinstance(e, OSError) and e.strerror:
+    return f"{e.strerror}{f' ({e.filename})' if e.filename else ''}"
+  return _brief(e)
 
 
 def _brief(e: Exception) -> str:
@@ -97,21 +122,50 @@ def _brief(e: Exception) -> str:
   return f"{type(e).__name__}: {line.split(' [tensorstore_spec=')[0][:500]}"
 
 
+def _key_name(entry) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _shapes(tree: PyTree) -> dict[str, tuple]:
+  """{'a/b/0': shape} of a pytree's leaves (arrays or orbax metadata)."""
+  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+          if hasattr(leaf, "shape")}
+
+
 def _mismatch(abstract_state: PyTree, tree_metadata: PyTree) -> list[str]:
   """Differences between the abstract state and a checkpoint's metadata."""
-  want = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(abstract_state))
-  have = ocp.tree.to_flat_dict(tree_metadata)
-  name = "/".join
-  problems = [f"{name(k)} missing from the checkpoint" for k in want
+  want, have = _shapes(abstract_state), _shapes(tree_metadata)
+  problems = [f"{k} missing from the checkpoint" for k in want
               if k not in have]
-  problems += [f"{name(k)} in the checkpoint but not in the state" for k in have
+  problems += [f"{k} in the checkpoint but not in the state" for k in have
                if k not in want]
   problems += [
-      f"{name(k)} has shape {tuple(have[k].shape)} in the checkpoint but "
-      f"{tuple(want[k].shape)} in the state"
-      for k in want if k in have and
-      tuple(have[k].shape) != tuple(want[k].shape)]
+      f"{k} has shape {have[k]} in the checkpoint but {want[k]} in the state"
+      for k in want if k in have and have[k] != want[k]]
   return problems
+
+
+def _verify(state: PyTree, recorded: dict | None) -> None:
+  """Raises CheckpointDamagedError if the restored `state` holds NaN/Inf
+  (never saved so) or differs from the checksums recorded with it."""
+  sums, bad = checksums_lib.summarize(state)
+  problems = []
+  if recorded is not None:
+    differ = checksums_lib.differences(recorded, sums)
+    if differ:
+      problems.append(
+          f"{len(differ)} of {len(recorded)} arrays differ from the checksums "
+          f"written with them ({', '.join(differ[:3])}"
+          f"{', ...' if len(differ) > 3 else ''})")
+  if bad:
+    problems.append(f"NaN/Inf in {', '.join(bad[:3])}"
+                    f"{', ...' if len(bad) > 3 else ''}")
+  if problems:
+    raise CheckpointDamagedError("; ".join(problems))
 
 
 class Checkpointer:
@@ -123,7 +177,7 @@ class Checkpointer:
   def __init__(self, directory: str | epath.PathLike, *,
                save_interval_steps: int, max_to_keep: int | None,
                async_save: bool = True):
-    """`max_to_keep` None keeps every checkpoint."""
+    """`max_to_keep` None (or 0) keeps every checkpoint."""
     if save_interval_steps < 1:
       raise ValueError(f"save_interval_steps={save_interval_steps} must be >= 1")
     self.directory = epath.Path(directory)
@@ -138,12 +192,17 @@ class Checkpointer:
         ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
         ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
     ])
+    # orbax keeps every step: `_delete_old` removes the oldest ones itself,
+    # once a newer step is known to be written (orbax would delete them when
+    # the save starts, so a failing save would cost the checkpoint before).
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=save_policy,
-        preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
     )
+    self._max_to_keep = max_to_keep or None
+    self._pending: list[int] = []
+    self._failures = 0  # Failed saves reported (CheckpointSaveError).
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, handler_registry=registry)
 
@@ -154,27 +213,89 @@ class Checkpointer:
 
     Returns whether a save started. With async_save, returns once the arrays
     are copied off device (the state may then be donated) and writes in the
-    background. Raises NonFiniteStateError, saving nothing, on NaN/Inf.
+    background. Raises NonFiniteStateError, saving nothing, on NaN/Inf, and
+    CheckpointSaveError when the save (or an earlier one) failed.
     """
+    self.check_saves()
     if step in self.all_steps():
       return False
     if not force and not self._manager.should_save(step):
       return False
-    check_finite(state)
     items = {"state": state, "config": config, "data": data,
-             "progress": progress}
+             "progress": progress, "checksums": check_finite(state)}
     args = {name: ITEMS[name][0](value) for name, value in items.items()
             if value is not None}
-    return self._manager.save(
-        step, args=ocp.args.Composite(**args), force=True)
+    self._pending.append(step)
+    try:
+      started = self._manager.save(
+          step, args=ocp.args.Composite(**args), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(e) from None
+    if not self._manager.is_saving_in_progress():
+      self._settle()  # A synchronous save: written already.
+    return started
 
   def should_save(self, step: int) -> bool:
     """Whether `save(step, ...)` without force would save (cheap to ask)."""
     return self._manager.should_save(step)
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether JAX's preemption sync (Cloud TPU maintenance, multi-host)
+    asks every process to save at `step` and stop."""
+    return self._manager.reached_preemption(step)
+
+  def check_saves(self) -> None:
+    """Raises CheckpointSaveError if a background save has failed; once a
+    save is written, deletes the steps beyond max_to_keep. Cheap when a save
+    is still running: call it every step."""
+    if self._pending and not self._manager.is_saving_in_progress():
+      self._settle()
+
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are written."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are written (raises
+    CheckpointSaveError if one failed)."""
+    self._settle()
+
+  def _settle(self) -> None:
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if not self._pending:
+        return  # Reported already: orbax raises a failure on every wait.
+      raise self._failed(e) from None
+    unwritten = [s for s in self._pending
+                 if not (self.directory / str(s)).is_dir()]
+    if unwritten:
+      raise self._failed(None)
+    self._pending.clear()
+    self._delete_old()
+
+  def _failed(self, cause: Exception | None) -> CheckpointSaveError:
+    """The one-line error of a failed save; its leftovers are removed."""
+    step = self._pending[-1]
+    self._pending.clear()
+    self._failures += 1
+    self._manager.reload()
+    if jax.process_index() == 0:
+      for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+        try:
+          tmp.rmtree()
+        except OSError:
+          pass  # Removed when a Checkpointer next opens the directory.
+    previous = self.latest_step()
+    kept = (f"the checkpoint of step {previous} is intact" if previous
+            is not None else "no earlier checkpoint exists")
+    return CheckpointSaveError(
+        f"Saving the checkpoint of step {step} to "
+        f"{self.directory / str(step)} failed: {_cause(cause)}. Training "
+        f"stopped; {kept}. Free space or fix the path, then run the same "
+        "command to resume.")
+
+  def _delete_old(self) -> None:
+    if self._max_to_keep is None:
+      return
+    for step in self.all_steps()[:-self._max_to_keep]:
+      self._manager.delete(step)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -212,17 +333,16 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         # Every process must see the same damage: they share the storage.
         failures.append((s, e))
-        logging.warning("Checkpoint at step %d in %s is damaged and cannot be "
-                        "restored (%s); trying the previous step.",
-                        s, self.directory, _brief(e))
+        logging.warning("Checkpoint at step %d in %s is damaged: %s; trying "
+                        "the one before.", s, self.directory, _brief(e))
         continue
       if failures:
         self._move_aside([f for f, _ in failures])
       return restored
     tried = "; ".join(f"step {s}: {_brief(e)}" for s, e in failures)
     raise CheckpointRestoreError(
-        f"No checkpoint in {self.directory} could be restored. Tried {tried}"
-    ) from failures[-1][1]
+        f"No checkpoint in {self.directory} could be restored ({tried}). "
+        "Use a new --workdir to start afresh.") from failures[-1][1]
 
   def mismatch(self, step: int, abstract_state: PyTree) -> list[str]:
     """How a step's arrays differ from `abstract_state` (names, shapes),
@@ -261,6 +381,7 @@ class Checkpointer:
             "state's layout)? Restore the checkpoint's config, or use a new "
             "--workdir to start afresh.") from e
       raise
+    _verify(out["state"], out.get("checksums"))
     return Restored(step, out["state"], out["config"], out.get("data"),
                     out.get("progress"))
 
@@ -279,8 +400,20 @@ class Checkpointer:
     self._manager.reload()
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.close()
+    """Waits for pending saves and releases the manager.
+
+    A save that failed raises CheckpointSaveError here, unless it was
+    reported already (orbax raises a failed save's error on every wait).
+    """
+    try:
+      if self._pending:
+        self._settle()
+    finally:
+      try:
+        self._manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if not self._failures:
+          raise
 
   def __enter__(self) -> "Checkpointer":
     return self

@@ -188,6 +188,30 @@ def remove_config_item(step_dir):  # an incompletely copied step directory
   shutil.rmtree(step_dir / "config")
 
 
+def _largest_array_file(step_dir):
+  """The array data (ocdbt.process_*/d/), not the b-tree nodes (state/d/)."""
+  return max((step_dir / "state").glob("ocdbt.process_*/d/*"),
+             key=lambda f: f.stat().st_size)
+
+
+def overwrite_4kib_in_place(step_dir):
+  """Random bytes over 4 KiB of an array file: same size, same name."""
+  f = _largest_array_file(step_dir)
+  size = f.stat().st_size
+  offset = max(0, size // 2 - 2048)
+  with open(f, "r+b") as fh:
+    fh.seek(offset)
+    fh.write(np.random.default_rng(0).bytes(min(4096, size - offset)))
+  assert f.stat().st_size == size
+
+
+def flip_one_bit(step_dir):
+  f = _largest_array_file(step_dir)
+  data = bytearray(f.read_bytes())
+  data[len(data) // 2] ^= 0x08
+  f.write_bytes(bytes(data))
+
+
 DAMAGES = [truncate_array_files, delete_array_files, delete_tree_metadata,
            remove_config_item]
 
@@ -322,3 +346,115 @@ def test_switching_the_optimizer_layout_is_an_error_that_names_it(workdir):
                        match=r"optim\.fused") as info:
       c.restore(abstract(state(True)))
   assert "--workdir" in str(info.value)
+
+
+def big_state(seed):
+  """Mostly one 256 KiB array, so damage at the middle of the largest file
+  lands in raw array bytes (which only a checksum can tell are wrong)."""
+  return {"step": jnp.array(seed, jnp.int32),
+          "params": {"w": jax.random.normal(jax.random.key(seed), (256, 256))}}
+
+
+@pytest.mark.parametrize("damage", [overwrite_4kib_in_place, flip_one_bit],
+                         ids=lambda f: f.__name__)
+def test_damaged_array_bytes_are_caught(workdir, damage, caplog):
+  """Same size, same name, bytes changed in place. The array data is zstd
+  compressed: random bytes usually break its decoding (tensorstore's
+  error); one flipped bit decodes to wrong numbers, which only the
+  checksum catches."""
+  with open_ckpt(workdir) as c:
+    for step in (1, 2):
+      c.save(step, big_state(step), config=CONFIG)
+  damage(workdir / "2")
+  with open_ckpt(workdir) as c:
+    with caplog.at_level(logging.WARNING):
+      restored = c.restore(abstract(big_state(0)))
+  assert restored.step == 1
+  assert_trees_equal(restored.state, jax.tree.map(np.asarray, big_state(1)))
+  warnings = " ".join(r.getMessage() for r in caplog.records)
+  assert "Checkpoint at step 2" in warnings and "damaged" in warnings
+  if damage is flip_one_bit:
+    assert ("1 of 2 arrays differ from the checksums written with them "
+            "(['params']['w'])") in warnings, warnings
+  assert [p for p in os.listdir(workdir) if p.startswith("2.damaged")]
+
+
+def test_checksums_do_not_depend_on_the_sharding():
+  from mlm_jax import checksums  # pylint: disable=import-outside-toplevel
+  state = make_state()
+  sharded = place(state, fsdp_sharding(four_device_mesh()))
+  assert checksums.summarize(state) == checksums.summarize(sharded)
+
+
+@pytest.mark.parametrize("saved_fused", [True, False])
+def test_the_optimizer_layout_change_is_a_mismatch_both_ways(workdir,
+                                                             saved_fused):
+  """Never reported as damage (nothing moved aside), in either direction."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from mlm_jax import optim  # pylint: disable=import-outside-toplevel
+  params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros((3,))}}
+  def state(fused):
+    o = ml_collections.ConfigDict(dict(
+        lr=1e-3, warmup_steps=1, decay="linear", end_lr_ratio=0.0,
+        weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, grad_clip=1.0,
+        fused=fused))
+    return {"step": jnp.asarray(1), "params": params,
+            "opt_state": optim.make_optimizer(o, 10).init(params)}
+  with open_ckpt(workdir) as c:
+    c.save(1, state(saved_fused), config=CONFIG)
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"optim\.fused"):
+      c.restore(abstract(state(not saved_fused)))
+    assert c.all_steps() == [1]
+    assert c.restore(abstract(state(saved_fused))).step == 1
+
+
+def test_max_to_keep_zero_keeps_every_checkpoint(workdir):
+  with open_ckpt(workdir, max_to_keep=0) as c:
+    for step in range(1, 6):
+      c.save(step, make_state(), config=CONFIG)
+    assert c.all_steps() == [1, 2, 3, 4, 5]
+
+
+FAILING_SAVE = """
+import os, resource, signal, sys
+import jax, jax.numpy as jnp
+from mlm_jax import checkpoint as ckpt
+state = {"w": jax.random.normal(jax.random.key(0), (256, 256))}
+with ckpt.Checkpointer(sys.argv[1], save_interval_steps=1, max_to_keep=1,
+                       async_save=True) as c:
+  c.save(1, state, config={})
+  c.wait()
+  # From here no file may grow past 64 KiB: the next save's writes fail.
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+  c.save(2, state, config={})
+  try:
+    for _ in range(200):
+      c.check_saves()  # what the training loop calls every step
+      jax.block_until_ready(state["w"] + 1)
+    c.wait()
+  except ckpt.CheckpointSaveError as e:
+    print("SAVE_ERROR", e, flush=True)
+  print("STEPS", c.all_steps(), flush=True)
+"""
+
+
+def test_a_failed_save_is_one_error_and_keeps_the_previous_checkpoint(
+    workdir):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  proc = subprocess.run(
+      [sys.executable, "-c", FAILING_SAVE, str(workdir)], capture_output=True,
+      text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.path.dirname(
+          os.path.dirname(os.path.abspath(__file__)))})
+  out = proc.stdout
+  assert "SAVE_ERROR Saving the checkpoint of step 2 to" in out, proc.stderr
+  assert "failed: File too large. Training stopped; the checkpoint of " \
+         "step 1 is intact." in out
+  assert "STEPS [1]" in out
+  # max_to_keep=1 did not delete step 1 for the failed step 2, and the
+  # failed step's partial files are gone.
+  assert sorted(os.listdir(workdir)) == ["1"]
+  with open_ckpt(workdir) as c:
+    restored = c.restore(abstract({"w": jnp.zeros((256, 256))}))
+  assert restored.step == 1
