@@ -169,8 +169,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.eval_batches = 0
   # Write a checkpoint every this many steps (and at the end).
   config.train.checkpoint_every = 10_000
-  # Checkpoints kept on disk; older ones are deleted. The checkpoint with
-  # the best held-out loss is kept apart (<workdir>/best) and never deleted.
+  # Checkpoints kept on disk (0: all); older ones are deleted once a newer
+  # one is written. The checkpoint with the best held-out loss is kept
+  # apart (<workdir>/best) and never deleted.
   config.train.max_to_keep = 3
   # Stop when the held-out loss has not improved by more than min_delta
   # for this many evaluations in a row (0: never stop early).

@@ -141,6 +141,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int,
   for field in ("log_every", "eval_every", "checkpoint_every"):
     _check(t[field] > 0, f"train.{field}", f"{t[field]} is not positive",
            f"set it to a number of steps, e.g. {t.num_steps}")
+  _check(t.max_to_keep >= 0, "train.max_to_keep", f"{t.max_to_keep} is "
+         "negative", "use 0 to keep every checkpoint, or how many to keep")
   _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
          f"{t.early_stopping_patience} is negative", "use 0 (off) or more")
   _check(t.early_stopping_min_delta >= 0, "train.early_stopping_min_delta",
