@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import time
 from typing import Any, Iterator
 
@@ -23,10 +24,12 @@ from absl import logging
 
 from mlm_jax import checkpoint as ckpt_lib
 from mlm_jax import config as config_lib
+from mlm_jax import config_changes
 from mlm_jax import console
 from mlm_jax import early_stopping
 from mlm_jax import event_writer
 from mlm_jax import flops
+from mlm_jax import interrupts
 from mlm_jax import metrics as metrics_lib
 from mlm_jax import objectives
 from mlm_jax import optim
@@ -35,6 +38,7 @@ from mlm_jax import peaks
 from mlm_jax import pretrained
 from mlm_jax import step as step_lib
 from mlm_jax import tokenizer as tokenizer_lib
+from mlm_jax import workdir as workdir_lib
 from mlm_jax.data import loader
 from mlm_jax.data import prepare
 
@@ -107,18 +111,6 @@ def _log(step: int, num_steps: int, values: dict[str, float]) -> None:
                " | ".join(_format(k, v) for k, v in values.items()))
 
 
-def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-  """Fields whose values differ between two config dicts, as 'a.b: x -> y'."""
-  changes = []
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key), new.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      changes += _config_changes(a, b, f"{prefix}{key}.")
-    elif a != b:
-      changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-  return changes
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Pre-trains (or resumes) the run of `config` in `workdir`.
@@ -126,7 +118,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns the metrics of the last logging interval and evaluation.
   """
   config_lib.validate(config, num_devices=jax.device_count())
-  workdir = make_workdir(workdir)
+  # SIGTERM/SIGINT: only a single process acts on its own signals; several
+  # hosts stop together through JAX's preemption sync (`_stop_requested`).
+  with interrupts.Watch(enabled=jax.process_count() == 1) as watch, \
+       workdir_lib.claim(workdir) as path:
+    return _run(config, path, watch)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+         watch: interrupts.Watch) -> dict[str, float]:
   given = pathlib.Path(config.tokenizer.path).expanduser()
   if config.tokenizer.path and given.is_file():  # check before preparing
     objectives.check_word_starts(
@@ -137,7 +137,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   word_starts = data.tokenizer.word_starts()
   objectives.check_word_starts(config, word_starts, str(data.tokenizer.path))
   _keep_tokenizer(data, workdir)
-  write_config(config, workdir)
   par = parallel.make_parallel(config.parallel.mode,
                                build_task(config, word_starts),
                                config.data.seq_len, config.parallel.fsdp)
@@ -148,6 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ) as checkpointer, ckpt_lib.Checkpointer(
       workdir / BEST, save_interval_steps=1, max_to_keep=1,
       async_save=t.async_checkpoint) as best_checkpointer:
+    _check_config_unchanged(checkpointer, config)
     restored = checkpointer.restore(par.abstract_state())
     progress = early_stopping.Progress()
     if restored is None:
@@ -160,10 +160,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           0, start, t.batch_size))[loader.STATE_KEY]
       logging.info("Resumed from the checkpoint of step %d in %s", start,
                    checkpointer.directory)
-      changes = _config_changes(restored.config, config.to_dict())
+      if start % t.log_every and start < t.num_steps:
+        following = min(t.num_steps, start - start % t.log_every + t.log_every)
+        logging.info("The first logged interval (to step %d) averages %d "
+                     "steps, not log_every=%d.", following, following - start,
+                     t.log_every)
+      changes = config_changes.check_resume(
+          restored.config, config.to_dict(), str(checkpointer.directory))
       if changes:
         logging.warning("The config differs from the checkpoint's: %s",
-                        "; ".join(changes))
+                        changes)
+    write_config(config, workdir)  # The config accepted: as it now runs.
     speed = _Speed(par, config)
     for line in console.start_summary(
         devices=console.devices_line(),
@@ -186,7 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         summary = _evaluate_and_log(par, state, data, config, start, writer)
       else:
         run = _Run(config, par, data, checkpointer, best_checkpointer, writer,
-                   speed)
+                   speed, watch)
+        watch.defer()  # From here a signal stops the loop at a saved step.
         summary = _train_loop(run, state, start, next_index, progress)
     checkpointer.wait()
     best_checkpointer.wait()
@@ -205,6 +213,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return summary
 
 
+def _check_config_unchanged(checkpointer: ckpt_lib.Checkpointer,
+                            config: ml_collections.ConfigDict) -> None:
+  """Refuses (one line) a config whose changes the latest checkpoint cannot
+  take, before any array is read (`config_changes`)."""
+  latest = checkpointer.latest_step()
+  if latest is None:
+    return
+  try:
+    old = checkpointer.restore_config(latest)
+  except Exception:  # pylint: disable=broad-except
+    return  # A damaged step: `restore` reports it and falls back.
+  config_changes.check_resume(old, config.to_dict(),
+                              str(checkpointer.directory))
+
+
 _EVENTS = "tensorboard"
 # The workdir's checkpoint folders: the latest ones, and the best one (the
 # lowest held-out loss, kept apart so that max_to_keep never deletes it).
@@ -221,6 +244,7 @@ class _Run:
   best_checkpointer: ckpt_lib.Checkpointer
   writer: "_Writers"
   speed: "_Speed"
+  watch: interrupts.Watch
 
 
 class _Writers:
@@ -262,26 +286,6 @@ class _Speed:
   def mfu(self, steps_per_s: float) -> float:
     return peaks.mfu(self.flops_per_step, steps_per_s, self._devices,
                      self.peak)
-
-
-def make_workdir(workdir: str | os.PathLike) -> pathlib.Path:
-  """Creates the workdir, or stops with one line saying why it cannot."""
-  path = pathlib.Path(workdir).expanduser()
-  if path.exists() and not path.is_dir():
-    raise config_lib.ConfigError(
-        f"--workdir {path} is a file, not a directory; name a new or "
-        "existing directory.")
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise config_lib.ConfigError(
-        f"--workdir {path} cannot be created ({e.strerror or e}); name a "
-        "directory you can write to.") from None
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise config_lib.ConfigError(
-        f"--workdir {path} is not writable; name a directory you can write "
-        "to.")
-  return path
 
 
 def write_config(config: ml_collections.ConfigDict,
@@ -330,6 +334,9 @@ def _train_loop(run: _Run, state, start: int, next_index: int,
       bar.update(done)
       paused_at = time.monotonic()
       with meter.paused():
+        run.checkpointer.check_saves()  # A failed save stops the run here.
+        run.best_checkpointer.check_saves()
+        signalled = _stop_requested(run, done)
         outcome = None
         if done % t.eval_every == 0 or done == num_steps:
           values = _evaluate_and_log(par, state, run.data, config, done,
@@ -346,9 +353,12 @@ def _train_loop(run: _Run, state, start: int, next_index: int,
         if outcome is not None and outcome.is_best:
           _save_best(run, state, done, progress, saved)
         stop = outcome is not None and outcome.stop
-        if run.checkpointer.should_save(done) or done == num_steps or stop:
+        if (run.checkpointer.should_save(done) or done == num_steps or stop
+            or signalled):
           run.checkpointer.save(done, par.to_global(state), force=True,
                                 **saved)
+        if signalled and done < num_steps:
+          _stop_signalled(run, signalled, done)
       bar.pause_clock(time.monotonic() - paused_at)
       if stop:
         logging.info("%s", early_stopping.reason(
@@ -356,6 +366,29 @@ def _train_loop(run: _Run, state, start: int, next_index: int,
             min_delta=t.early_stopping_min_delta))
         break
   return summary
+
+
+def _stop_requested(run: _Run, step: int) -> int | None:
+  """The signal to stop at `step` for: SIGINT/SIGTERM received, or JAX's
+  preemption sync point (every host reaches it at the same step)."""
+  if run.watch.requested:
+    return run.watch.requested
+  if run.checkpointer.reached_preemption(step):
+    run.watch.preempted = True
+    return signal.SIGTERM
+  return None
+
+
+def _stop_signalled(run: _Run, signum: int, step: int) -> None:
+  """Waits for the checkpoint of `step` to be written; raises Interrupted."""
+  run.checkpointer.wait()
+  run.best_checkpointer.wait()
+  why = ("JAX's preemption notice" if run.watch.preempted
+         else interrupts.name(signum))
+  raise interrupts.Interrupted(signum, (
+      f"Stopped by {why} at step {step} of {run.config.train.num_steps}: "
+      f"saved {run.checkpointer.directory / str(step)}; run the same command "
+      "to resume from it."))
 
 
 def _save_best(run: _Run, state, step: int,

@@ -29,12 +29,14 @@ from absl import logging
 
 from mlm_jax import checkpoint as ckpt_lib
 from mlm_jax import early_stopping
+from mlm_jax import interrupts
 from mlm_jax import metrics as metrics_lib
 from mlm_jax import optim
 from mlm_jax import parallel
 from mlm_jax import pretrained as pretrained_lib
 from mlm_jax import step as step_lib
 from mlm_jax import train as train_lib
+from mlm_jax import workdir as workdir_lib
 from mlm_jax.errors import ConfigError
 from mlm_jax.finetune import examples as examples_lib
 from mlm_jax.finetune import features
@@ -115,7 +117,14 @@ def finetune(config: ml_collections.ConfigDict,
   model = pretrained_lib.load(config.init.checkpoint, config.init.which)
   task = load_task(config, model.tokenizer)
   _check_fits(config, model)
-  workdir = train_lib.make_workdir(workdir)
+  # A signal stops fine-tuning at once (`Interrupted`, one line): its seeds
+  # are minutes long and start afresh.
+  with interrupts.Watch(), workdir_lib.claim(workdir, "seed_*") as path:
+    return _finetune(config, path, model, task, seeds)
+
+
+def _finetune(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+              model, task: TaskData, seeds: list[int]) -> dict[str, Any]:
   train_lib.write_config(config, workdir)
   init = ("random weights of the checkpoint's config"
           if config.init.random_weights else "the pre-trained encoder")
