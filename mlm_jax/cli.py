@@ -10,11 +10,15 @@ that lists the config file's variants and fields (`config_help`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pathlib
 import re
+import signal
 import sys
+import threading
+import traceback
 from typing import Iterator, Sequence
 
 from absl import app
@@ -23,8 +27,10 @@ from absl import logging as absl_logging
 # A public function (for telling config flags apart) not re-exported.
 from ml_collections.config_flags.config_flags import is_config_flag
 
+from mlm_jax import checkpoint as ckpt_lib
 from mlm_jax import config as config_lib
 from mlm_jax import config_help
+from mlm_jax import interrupts
 
 # The launcher's required flags and an example value of each (`require`).
 _REQUIRED: dict[str, str] = {}
@@ -161,30 +167,137 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   return rest
 
 
+def verbose() -> bool:
+  """Whether `-v 1` (absl's --verbosity) asks for full tracebacks."""
+  return absl_logging.get_verbosity() >= 1
+
+
 class _OwnInfoOnly(logging.Filter):
-  """Keeps INFO lines of this package only; warnings of everyone.
+  """Keeps INFO lines of this package only; warnings of everyone, in one
+  line each (without `-v 1`).
 
   orbax logs dozens of INFO lines per checkpoint through absl, which would
-  bury the training log.
+  bury the training log; its background threads log a traceback with each
+  error (a failed save logs four), which would bury the one line that says
+  what happened.
   """
   _ours = os.path.dirname(os.path.abspath(__file__))
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return (record.levelno >= logging.WARNING
-            or os.path.abspath(record.pathname).startswith(self._ours))
+    ours = os.path.abspath(record.pathname).startswith(self._ours)
+    if not ours and record.exc_info and not verbose():
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
+      record.msg = str(record.getMessage()).split("\n")[0][:400]
+      record.args = None
+    return record.levelno >= logging.WARNING or ours
+
+
+def _quiet_thread_error(args) -> None:
+  """threading.excepthook: a dying background thread's error in one line."""
+  if verbose():
+    sys.__excepthook__(args.exc_type, args.exc_value, args.exc_traceback)
+    return
+  absl_logging.warning("Background thread %s stopped: %s: %s",
+                       getattr(args.thread, "name", "?"),
+                       args.exc_type.__name__,
+                       str(args.exc_value).split("\n")[0][:300])
+
+
+_REPORTED: set[str] = set()
+
+
+def _quiet_excepthook(exc_type, value, tb) -> None:
+  """sys.excepthook (and through `_quiet_unraisablehook`, what tensorstore's
+  callbacks print: "Event loop is closed" a hundred times after a failed
+  write): each distinct error once, in one line. An error of the main
+  thread never gets here (`one_line_errors` catches it)."""
+  if verbose():
+    sys.__excepthook__(exc_type, value, tb)
+    return
+  line = f"{exc_type.__name__}: {str(value).splitlines()[0] if str(value) else ''}"
+  if line not in _REPORTED:
+    _REPORTED.add(line)
+    absl_logging.warning("Ignored in a background callback: %s", line[:300])
+
+
+def _quiet_unraisablehook(unraisable) -> None:
+  """sys.unraisablehook: what a C library could not raise, once, one line."""
+  if verbose():
+    sys.__unraisablehook__(unraisable)
+    return
+  _quiet_excepthook(unraisable.exc_type, unraisable.exc_value, None)
 
 
 def quiet_library_logs() -> None:
-  """Installs `_OwnInfoOnly` on absl's handler (call once, from `main`)."""
+  """Installs `_OwnInfoOnly` on absl's handler, and one-line reports of
+  background threads' errors (call once, from `main`)."""
   handler = absl_logging.get_absl_handler()
   if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
     handler.addFilter(_OwnInfoOnly())
+  threading.excepthook = _quiet_thread_error
+  sys.excepthook = _quiet_excepthook
+  sys.unraisablehook = _quiet_unraisablehook
+
+
+# Errors that mean "this input or this machine", not "this code": one line.
+# Exit status: 2 for what the command line or config asked for, 1 for what
+# happened while running, 128 + N for signal N (`interrupts`).
+_USAGE_ERRORS = (config_lib.ConfigError, FileNotFoundError)
+_RUN_ERRORS = (FloatingPointError, OSError, ckpt_lib.CheckpointMismatchError,
+               ckpt_lib.CheckpointRestoreError, ckpt_lib.NonFiniteStateError)
+
+
+def _exit(message: str, code: int) -> None:
+  """Writes `message` as the last line on stderr and exits with `code`.
+
+  With background threads still alive (an orbax save, grain readers), exits
+  at once: the interpreter's shutdown would print their errors after ours.
+  The caller's `with` blocks have closed the run (checkpoints waited for).
+  """
+  sys.stdout.flush()
+  sys.stderr.write(f"{message}\n")
+  sys.stderr.flush()
+  if threading.active_count() > 1:
+    logging.shutdown()
+    os._exit(code)  # pylint: disable=protected-access
+  raise SystemExit(code)
 
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-  """Reports config and missing-input errors as one line, not a traceback."""
+  """Reports what went wrong as one line on stderr, the last one printed.
+
+  Config and input errors, run errors (a non-finite loss, a failed save, a
+  damaged or mismatched checkpoint, a filesystem error), and a stop by
+  SIGINT/SIGTERM. With `-v 1` the traceback is printed instead. Anything
+  else is a bug: its traceback, then one line that says so.
+  """
   try:
     yield
-  except (config_lib.ConfigError, FileNotFoundError) as e:
-    _fail(str(e))
+  except interrupts.Interrupted as e:
+    _exit(str(e), e.exit_code)
+  except KeyboardInterrupt:
+    _exit("Interrupted.", 128 + signal.SIGINT)
+  except _USAGE_ERRORS as e:
+    if verbose():
+      raise
+    _exit(f"error: {_one_line(e)}", 2)
+  except _RUN_ERRORS as e:
+    if verbose():
+      raise
+    _exit(f"error: {_one_line(e)}", 1)
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    _exit(f"error: unexpected {type(e).__name__} (a bug: the traceback is "
+          f"above): {_one_line(e)}", 1)
+
+
+def _one_line(e: BaseException) -> str:
+  """The error's message on one line (OSError: its cause and path)."""
+  if isinstance(e, OSError) and not isinstance(
+      e, (FileNotFoundError, ckpt_lib.CheckpointSaveError)) and e.strerror:
+    return f"{e.strerror}: {e.filename}" + (
+        "; free space or choose another path." if e.errno == errno.ENOSPC
+        else "; check the path's permissions and free space.")
+  text = " ".join(str(e).split())
+  return text or type(e).__name__

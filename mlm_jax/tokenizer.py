@@ -31,6 +31,8 @@ import numpy as np
 import sentencepiece as spm
 from absl import logging
 
+from mlm_jax import errors
+
 PAD_ID = 0
 UNK_ID = 1
 CLS_ID = 2
@@ -253,6 +255,10 @@ def _write_atomically(path: pathlib.Path, data: bytes) -> None:
     raise
 
 
+class TokenizerFileError(errors.ConfigError):
+  """A tokenizer file that is not a usable model (one line, the fix)."""
+
+
 class Tokenizer:
   """A SentencePiece model whose ids 0-4 are the reserved pieces.
 
@@ -266,8 +272,9 @@ class Tokenizer:
     try:
       self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
     except RuntimeError as e:
-      raise ValueError(
-          f"{path} is not a SentencePiece model ({e}). Fix: point to a "
+      raise TokenizerFileError(
+          f"{path} is not a SentencePiece model (it does not parse). Fix: "
+          "point to a "
           "'.model' file written by mlm_jax.tokenizer.train_sentencepiece."
       ) from e
     self._check_special_ids()
@@ -295,7 +302,7 @@ class Tokenizer:
       return
     held = ", ".join(f"id {i} holds {p!r}" for i, p in enumerate(found))
     want = ", ".join(f"id {i} {p!r}" for i, p in enumerate(SPECIAL_PIECES))
-    raise ValueError(
+    raise TokenizerFileError(
         f"Tokenizer model {self.path} does not reserve mlm_jax's special ids: "
         f"{held} (vocab size {sp.get_piece_size()}); expected {want}, with "
         "[PAD]/[CLS]/[SEP]/[MASK] as control symbols. Fix: train it with "

@@ -1,0 +1,238 @@
+"""Bad inputs across the launchers, and signals sent to real runs.
+
+The catalogue: each case is a launcher command line with one thing wrong.
+Each must end with one line on stderr naming the problem (the last thing
+printed, no traceback), a known exit status (2: the command line or config,
+1: something that happened while running), and leave the workdir, its
+checkpoints and the data cache as they were. The cases run in children
+forked from one process that has imported the library (`launcher_forks`):
+the launcher code is the real one, the interpreter start is shared.
+The README's troubleshooting section lists the same cases.
+"""
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from mlm_jax import workdir as workdir_lib
+
+ROOT = pathlib.Path(__file__).parents[1]
+PRETRAIN = str(ROOT / "experiments" / "pretrain.py")
+BERT = f"{ROOT / 'configs' / 'bert.py'}:size=tiny,runlocal"
+# The config of conftest's `pretrained_run`, as overrides.
+TINY = ["--config.vocab_size=400", "--config.tokenizer.model_type=bpe",
+        "--config.data.max_documents=300", "--config.data.seq_len=64",
+        "--config.train.batch_size=16", "--config.train.num_steps=60",
+        "--config.train.log_every=20", "--config.train.eval_every=30",
+        "--config.train.checkpoint_every=30", "--config.train.eval_batches=2",
+        "--config.optim.lr=5e-3", "--config.optim.warmup_steps=5"]
+
+
+@dataclasses.dataclass
+class Case:
+  name: str
+  argv: list
+  rc: int
+  last_line: str          # regex the last stderr line must match
+  unchanged: list         # paths that must be as they were
+  fsize: int | None = None
+
+
+def snapshot(path):
+  """{relative file: (size, mtime)} under `path` (the lock file aside: a
+  run that takes the lock writes its pid there)."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return None
+  if path.is_file():
+    return (path.stat().st_size, path.stat().st_mtime_ns)
+  return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in sorted(path.rglob("*"))
+          if p.is_file() and p.name != workdir_lib.LOCK}
+
+
+def run_cases(cases):
+  payload = json.dumps([{"argv": c.argv, "fsize": c.fsize} for c in cases])
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "tests" / "launcher_forks.py")],
+      input=payload, capture_output=True, text=True, timeout=900,
+      env={**os.environ, "PYTHONPATH": str(ROOT)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout)
+
+
+def catalogue(tmp, cache, pretrained):
+  """The cases, with what they need made under `tmp`."""
+  pre = [PRETRAIN, "--config", BERT, f"--config.data.cache_dir={cache}",
+         *TINY]
+
+  def copy(name):
+    target = tmp / name
+    shutil.copytree(pretrained, target)
+    return target
+
+  def files_run(corpus, *extra):
+    work = tmp / f"files_{len(list(tmp.iterdir()))}"
+    return [*pre, "--workdir", str(work), "--config.data.source=files",
+            f"--config.data.files={corpus}", *extra], work
+
+  a_file = tmp / "a_file"
+  a_file.write_text("not a directory\n")
+  empty = tmp / "empty.txt"
+  empty.write_text("\n  \n")
+  binary = tmp / "program.txt"
+  binary.write_bytes(pathlib.Path(sys.executable).resolve().read_bytes()[:65536])
+  small = tmp / "small.txt"
+  small.write_text("A short corpus of a few words.\nIt has two lines.\n")
+  not_data = tmp / "not_data"
+  not_data.mkdir()
+  (not_data / "notes.txt").write_text("mine\n")
+  garbage = tmp / "garbage.model"
+  garbage.write_bytes(b"\x00not a sentencepiece model" * 10)
+  other_tok = copy("other_tokenizer")
+  (other_tok / "tokenizer.model").write_bytes(garbage.read_bytes())
+  damaged = copy("all_damaged")
+  for step_dir in (damaged / "checkpoints").iterdir():
+    for f in (step_dir / "state").glob("ocdbt.process_*/d/*"):
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  locked = copy("locked")
+  fresh = tmp / "fresh"
+  ckpts = lambda w: [w / "checkpoints", w / "best"]  # noqa: E731
+
+  cases = [
+      Case("zero log interval", [*pre, "--workdir", str(fresh),
+           "--config.train.log_every=0"], 2,
+           r"config\.train\.log_every: 0 is not positive", [fresh]),
+      Case("zero eval interval", [*pre, "--workdir", str(fresh),
+           "--config.train.eval_every=0"], 2,
+           r"config\.train\.eval_every: 0 is not positive", [fresh]),
+      Case("negative max_to_keep", [*pre, "--workdir", str(fresh),
+           "--config.train.max_to_keep=-1"], 2,
+           r"config\.train\.max_to_keep: -1 is negative", [fresh]),
+      Case("unknown config field", [*pre, "--workdir", str(fresh),
+           "--config.train.lr=1"], 2, r"has no field 'lr'", [fresh]),
+      Case("wrong type of value", [*pre, "--workdir", str(fresh),
+           "--config.train.batch_size=many"], 2,
+           r"--config\.train\.batch_size", [fresh]),
+      Case("missing config file", [PRETRAIN, "--config",
+           str(tmp / "nope.py"), "--workdir", str(fresh)], 2,
+           r"cannot load the config file", [fresh]),
+      Case("unknown variant", [PRETRAIN, "--config",
+           f"{ROOT / 'configs' / 'bert.py'}:size=huge", "--workdir",
+           str(fresh)], 2, r"size", [fresh]),
+      Case("missing --workdir", [*pre], 2, r"--workdir is required", []),
+      Case("workdir is a file", [*pre, "--workdir", str(a_file)], 2,
+           r"is a file, not a directory", [a_file]),
+      Case("read-only workdir", [*pre, "--workdir", "/proc/self"], 2,
+           r"/proc/self is not writable", []),
+      Case("workdir cannot be created", [*pre, "--workdir",
+           "/proc/mlm_jax_test/run"], 2, r"cannot be created", []),
+      Case("corpus path missing", files_run(tmp / "missing_*.txt")[0], 2,
+           r"missing_\*\.txt", [cache]),
+      Case("empty corpus file", files_run(empty)[0], 2,
+           r"empty\.txt holds no text", [cache, empty]),
+      Case("binary corpus file", files_run(binary)[0], 2,
+           r"program\.txt is not text", [cache, binary]),
+      Case("vocabulary too large for the corpus",
+           files_run(small, "--config.vocab_size=5000")[0], 2,
+           r"config\.vocab_size: 5000 is more than this corpus supports",
+           [cache, small]),
+      Case("data.dir not a prepared dataset", [*pre, "--workdir", str(fresh),
+           f"--config.data.dir={not_data}"], 2,
+           r"not_data is not empty and has no manifest\.json",
+           [not_data, fresh]),
+      Case("tokenizer path missing", [*pre, "--workdir", str(fresh),
+           f"--config.tokenizer.path={tmp / 'none.model'}"], 2,
+           r"none\.model", [fresh, cache]),
+      Case("tokenizer file not a model", [*pre, "--workdir", str(fresh),
+           f"--config.tokenizer.path={garbage}"], 2, r"garbage\.model",
+           [fresh, cache, garbage]),
+      Case("workdir trained with another vocabulary", [*pre, "--workdir",
+           str(other_tok)], 2, r"differs from the tokenizer of this config",
+           [other_tok, cache]),
+      Case("resume with another model size", [*pre, "--workdir",
+           str(copy("wider")), "--config.model.hidden_size=64"], 2,
+           r"model\.hidden_size: 128 -> 64.*--config\.model\.hidden_size=128",
+           [tmp / "wider", cache]),
+      Case("resume with the other optimizer layout", [*pre, "--workdir",
+           str(copy("unfused")), "--config.optim.fused=False"], 2,
+           r"optim\.fused: True -> False", [tmp / "unfused", cache]),
+      Case("every checkpoint damaged", [*pre, "--workdir", str(damaged)], 1,
+           r"No checkpoint in .* could be restored", [damaged, cache]),
+      Case("workdir in use by another run", [*pre, "--workdir",
+           str(locked)], 2, rf"in use by another run \(pid {os.getpid()} ",
+           [locked, cache]),
+      Case("non-finite loss", [*pre, "--workdir", str(copy("diverges")),
+           "--config.train.num_steps=80", "--config.optim.lr=1e9"], 1,
+           r"Non-finite training metrics at step 80.*No checkpoint was "
+           r"written", [*ckpts(tmp / "diverges"), cache]),
+      Case("disk full at a save", [*pre, "--workdir", str(copy("full")),
+           "--config.train.num_steps=90"], 1,
+           r"Saving the checkpoint of step 90 to .* failed: File too large",
+           [*ckpts(tmp / "full"), cache], fsize=200_000),
+      Case("evaluate: no such workdir", [str(ROOT / "experiments" /
+           "evaluate.py"), "--workdir", str(tmp / "none")], 2,
+           r"none", []),
+      Case("evaluate: no such step", [str(ROOT / "experiments" /
+           "evaluate.py"), "--workdir", str(pretrained), "--checkpoint=999",
+           f"--cache_dir={cache}"], 2, r"999", [pretrained, cache]),
+      Case("fill-mask: text without [MASK]", [str(ROOT / "experiments" /
+           "fill_mask.py"), "--workdir", str(pretrained), "--text",
+           "no mask here"], 2, r"\[MASK\]", [pretrained]),
+      Case("fine-tune: no such checkpoint", [str(ROOT / "experiments" /
+           "finetune.py"), "--config",
+           f"{ROOT / 'configs' / 'finetune.py'}:runlocal",
+           f"--config.init.checkpoint={tmp / 'none'}", "--workdir",
+           str(tmp / "ft")], 2, r"none", [tmp / "ft"]),
+      Case("fine-tune: task files missing", [str(ROOT / "experiments" /
+           "finetune.py"), "--config",
+           f"{ROOT / 'configs' / 'finetune.py'}:task=files,runlocal",
+           f"--config.init.checkpoint={pretrained}",
+           f"--config.task.path_or_name={tmp / 'task_{split}.csv'}",
+           "--config.task.kind=classification",
+           "--workdir", str(tmp / "ft")], 2, r"task_", [tmp / "ft",
+                                                        pretrained]),
+      Case("prepare_data: corpus path missing", [str(ROOT / "experiments" /
+           "prepare_data.py"), "--config", BERT,
+           f"--config.data.cache_dir={cache}", "--config.data.source=files",
+           f"--config.data.files={tmp / 'gone.txt'}"], 2, r"gone\.txt",
+           [cache]),
+  ]
+  return cases, locked
+
+
+def test_every_bad_input_is_one_line_and_changes_nothing(
+    tmp_path, cache_dir, pretrained_run):
+  cases, locked = catalogue(tmp_path, cache_dir, pretrained_run)
+  assert len(cases) >= 25
+  before = [[snapshot(p) for p in c.unchanged] for c in cases]
+  with workdir_lib._lock(locked):  # pylint: disable=protected-access
+    results = run_cases(cases)
+  failures = []
+  for case, result, snap in zip(cases, results, before):
+    lines = result["stderr"].rstrip("\n").split("\n")
+    problems = []
+    if result["rc"] != case.rc:
+      problems.append(f"exit status {result['rc']}, not {case.rc}")
+    if not re.search(case.last_line, lines[-1]) or not lines[-1].startswith(
+        "error: "):
+      problems.append(f"last line {lines[-1][:300]!r}")
+    if "Traceback" in result["stderr"]:
+      problems.append("a traceback")
+    if [snapshot(p) for p in case.unchanged] != snap:
+      problems.append("changed: " + ", ".join(
+          str(p) for p, s in zip(case.unchanged, snap) if snapshot(p) != s))
+    if problems:
+      failures.append(f"{case.name}: {'; '.join(problems)}\n"
+                      f"{result['stderr'][-1500:]}")
+  assert not failures, "\n\n".join(failures)
+  # A fresh workdir that a failed start created is gone again.
+  assert not (tmp_path / "fresh").exists()
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith("files_")]
