@@ -236,3 +236,94 @@ def test_every_bad_input_is_one_line_and_changes_nothing(
   # A fresh workdir that a failed start created is gone again.
   assert not (tmp_path / "fresh").exists()
   assert not [p for p in tmp_path.iterdir() if p.name.startswith("files_")]
+
+
+LONG = ["--config.train.num_steps=100000", "--config.train.log_every=5",
+        "--config.train.eval_every=50000",
+        "--config.train.checkpoint_every=50000"]
+
+
+class Launch:
+  """pretrain.py in a real process; its stderr read line by line."""
+
+  def __init__(self, work, cache, *extra):
+    self.proc = subprocess.Popen(
+        [sys.executable, PRETRAIN, "--config", BERT,
+         f"--config.data.cache_dir={cache}", *TINY, *LONG, "--workdir",
+         str(work), *extra], stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XLA_FLAGS": ""})
+    self.lines = []
+
+  def wait_for(self, pattern):
+    """Reads stderr up to a line matching `pattern`; returns the match."""
+    for line in self.proc.stderr:
+      self.lines.append(line.rstrip("\n"))
+      found = re.search(pattern, line)
+      if found:
+        return found
+    raise AssertionError("\n".join(self.lines[-30:]))
+
+  def finish(self):
+    _, rest = self.proc.communicate(timeout=300)
+    self.lines += rest.rstrip("\n").split("\n")
+    return self.proc.returncode, self.lines[-1]
+
+
+def logged_steps(work):
+  return [json.loads(line)["step"] for line in
+          (work / "metrics.jsonl").read_text().splitlines()
+          if "loss" in json.loads(line)]
+
+
+def test_signals_save_where_they_stop_and_the_run_resumes_there(
+    tmp_path, cache_dir):
+  work = tmp_path / "run"
+  # Ctrl-C while training: the step is finished and saved.
+  run = Launch(work, cache_dir)
+  seen = int(run.wait_for(r"step (\d+)/100000 \| loss").group(1))
+  run.proc.send_signal(signal.SIGINT)
+  rc, last = run.finish()
+  stopped = re.fullmatch(r"Stopped by SIGINT at step (\d+) of 100000: saved "
+                         rf"{re.escape(str(work))}/checkpoints/(\d+); run the "
+                         r"same command to resume from it\.", last)
+  assert rc == 130 and stopped, "\n".join(run.lines[-20:])
+  first = int(stopped.group(1))
+  assert first == int(stopped.group(2)) >= seen
+  assert not any("Traceback" in line for line in run.lines)
+  # Relaunched: resumes at that step (none lost); SIGTERM (a preemption).
+  run = Launch(work, cache_dir)
+  assert int(run.wait_for(r"Resumed from the checkpoint of step (\d+)")
+             .group(1)) == first
+  seen = int(run.wait_for(r"step (\d+)/100000 \| loss").group(1))
+  run.proc.send_signal(signal.SIGTERM)
+  rc, last = run.finish()
+  stopped = re.fullmatch(r"Stopped by SIGTERM at step (\d+) of 100000: saved "
+                         r".*/checkpoints/(\d+); .*", last)
+  assert rc == 143 and stopped, "\n".join(run.lines[-20:])
+  second = int(stopped.group(1))
+  assert second >= seen > first
+  assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()) == [
+      first, second]
+  # metrics.jsonl reads as one run: every log step once, in order.
+  assert logged_steps(work) == list(range(5, second + 1, 5))
+
+
+def test_a_signal_before_training_stops_at_once_and_leaves_nothing(
+    tmp_path, cache_dir):
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("".join(f"Sentence number {i} of a corpus to prepare, "
+                            f"with words {i * 7 % 13} and {i % 5}.\n"
+                            for i in range(3000)))
+  work = tmp_path / "run"
+  cache = tmp_path / "cache"
+  shutil.copytree(cache_dir / "corpora", cache / "corpora")
+  before = snapshot(cache)
+  run = Launch(work, cache, "--config.data.source=files",
+               f"--config.data.files={corpus}", "--config.vocab_size=200")
+  run.wait_for(r"Preparing")
+  run.proc.send_signal(signal.SIGTERM)
+  rc, last = run.finish()
+  assert (rc, last) == (143, "Stopped by SIGTERM before training started; "
+                             "nothing to save."), "\n".join(run.lines[-20:])
+  assert not work.exists()
+  assert snapshot(cache) == before  # no partial dataset, no temporaries
