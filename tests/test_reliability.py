@@ -327,3 +327,31 @@ def test_a_signal_before_training_stops_at_once_and_leaves_nothing(
                              "nothing to save."), "\n".join(run.lines[-20:])
   assert not work.exists()
   assert snapshot(cache) == before  # no partial dataset, no temporaries
+
+
+def test_a_preemption_notice_saves_and_stops_at_the_agreed_step(
+    tmp_path, cache_dir, monkeypatch):
+  """On several hosts JAX's preemption sync names the step to stop at
+  (orbax's `reached_preemption`); here it is faked at step 7."""
+  sys.path.insert(0, str(ROOT / "tests"))
+  from configs_loader import load_config  # pylint: disable=import-outside-toplevel
+  from mlm_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from mlm_jax import interrupts  # pylint: disable=import-outside-toplevel
+  from mlm_jax import train  # pylint: disable=import-outside-toplevel
+  cfg = load_config("size=tiny,runlocal")
+  cfg.data.cache_dir = str(cache_dir)
+  cfg.vocab_size, cfg.tokenizer.model_type = 400, "bpe"
+  cfg.data.max_documents, cfg.data.seq_len = 300, 64
+  cfg.train.batch_size, cfg.train.num_steps = 16, 60
+  cfg.train.log_every, cfg.train.eval_every = 20, 30
+  cfg.train.checkpoint_every, cfg.train.eval_batches = 30, 2
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "reached_preemption",
+                      lambda self, step: step == 7)
+  work = tmp_path / "run"
+  with pytest.raises(interrupts.Interrupted) as info:
+    train.train_and_evaluate(cfg, str(work))
+  assert info.value.exit_code == 128 + signal.SIGTERM
+  assert str(info.value) == (
+      f"Stopped by JAX's preemption notice at step 7 of 60: saved "
+      f"{work}/checkpoints/7; run the same command to resume from it.")
+  assert [p.name for p in (work / "checkpoints").iterdir()] == ["7"]
