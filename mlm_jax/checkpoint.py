@@ -31,8 +31,6 @@ from typing import Any, NamedTuple
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from mlm_jax import checksums as checksums_lib
