@@ -49,10 +49,18 @@ def cache_dir(tmp_path_factory):
 def pretrained_run(tmp_path_factory, cache_dir):
   """A tiny pre-training workdir (checkpoints, best, tokenizer), trained
   once per session in process, for the tests that use a checkpoint."""
+  from mlm_jax import train
+  workdir = tmp_path_factory.mktemp("pretrained") / "run"
+  train.train_and_evaluate(tiny_pretraining_config(cache_dir), str(workdir))
+  return workdir
+
+
+def tiny_pretraining_config(cache_dir):
+  """The config of `pretrained_run` (tests/test_reliability.py's TINY
+  overrides give the same from the command line)."""
   import sys
   sys.path.insert(0, os.path.dirname(__file__))
   from configs_loader import load_config
-  from mlm_jax import train
   cfg = load_config("size=tiny,runlocal")
   cfg.data.cache_dir = str(cache_dir)
   cfg.vocab_size, cfg.tokenizer.model_type = 400, "bpe"
@@ -61,6 +69,4 @@ def pretrained_run(tmp_path_factory, cache_dir):
   cfg.train.log_every, cfg.train.eval_every = 20, 30
   cfg.train.checkpoint_every, cfg.train.eval_batches = 30, 2
   cfg.optim.lr, cfg.optim.warmup_steps = 5e-3, 5
-  workdir = tmp_path_factory.mktemp("pretrained") / "run"
-  train.train_and_evaluate(cfg, str(workdir))
-  return workdir
+  return cfg

@@ -327,27 +327,6 @@ def test_structure_mismatch_is_an_error(workdir):
   assert "step in the checkpoint but not in the state" in message
 
 
-def test_switching_the_optimizer_layout_is_an_error_that_names_it(workdir):
-  """optax's chain state and the fused AdamW state differ in structure: a
-  run resumed with the other `optim.fused` is told so, not crashed."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from mlm_jax import optim  # pylint: disable=import-outside-toplevel
-  params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros((3,))}}
-  def state(fused):
-    o = ml_collections.ConfigDict(dict(
-        lr=1e-3, warmup_steps=1, decay="linear", end_lr_ratio=0.0,
-        weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, grad_clip=1.0,
-        fused=fused))
-    return {"step": jnp.asarray(1), "params": params,
-            "opt_state": optim.make_optimizer(o, 10).init(params)}
-  with open_ckpt(workdir) as c:
-    c.save(1, state(False), config=CONFIG)
-    with pytest.raises(ckpt.CheckpointMismatchError,
-                       match=r"optim\.fused") as info:
-      c.restore(abstract(state(True)))
-  assert "--workdir" in str(info.value)
-
-
 def big_state(seed):
   """Mostly one 256 KiB array, so damage at the middle of the largest file
   lands in raw array bytes (which only a checksum can tell are wrong)."""

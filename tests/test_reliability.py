@@ -333,18 +333,11 @@ def test_a_preemption_notice_saves_and_stops_at_the_agreed_step(
     tmp_path, cache_dir, monkeypatch):
   """On several hosts JAX's preemption sync names the step to stop at
   (orbax's `reached_preemption`); here it is faked at step 7."""
-  sys.path.insert(0, str(ROOT / "tests"))
-  from configs_loader import load_config  # pylint: disable=import-outside-toplevel
+  from conftest import tiny_pretraining_config  # pylint: disable=import-outside-toplevel
   from mlm_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from mlm_jax import interrupts  # pylint: disable=import-outside-toplevel
   from mlm_jax import train  # pylint: disable=import-outside-toplevel
-  cfg = load_config("size=tiny,runlocal")
-  cfg.data.cache_dir = str(cache_dir)
-  cfg.vocab_size, cfg.tokenizer.model_type = 400, "bpe"
-  cfg.data.max_documents, cfg.data.seq_len = 300, 64
-  cfg.train.batch_size, cfg.train.num_steps = 16, 60
-  cfg.train.log_every, cfg.train.eval_every = 20, 30
-  cfg.train.checkpoint_every, cfg.train.eval_batches = 30, 2
+  cfg = tiny_pretraining_config(cache_dir)
   monkeypatch.setattr(ckpt_lib.Checkpointer, "reached_preemption",
                       lambda self, step: step == 7)
   work = tmp_path / "run"
