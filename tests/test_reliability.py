@@ -348,3 +348,39 @@ def test_a_preemption_notice_saves_and_stops_at_the_agreed_step(
       f"Stopped by JAX's preemption notice at step 7 of 60: saved "
       f"{work}/checkpoints/7; run the same command to resume from it.")
   assert [p.name for p in (work / "checkpoints").iterdir()] == ["7"]
+
+
+def test_one_line_errors_and_the_verbosity_flag(monkeypatch, capsys):
+  """`-v 1` (absl's verbosity) re-raises for the full traceback; otherwise
+  one line and the exit status. (In process: no other thread may count.)"""
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  from mlm_jax import cli  # pylint: disable=import-outside-toplevel
+  from mlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(cli.threading, "active_count", lambda: 1)
+  cases = [(ConfigError("config.x: bad; fix it."), 2),
+           (FloatingPointError("Non-finite\nmetrics"), 1),
+           (PermissionError(13, "Permission denied", "/w/metrics.jsonl"), 1)]
+  for error, code in cases:
+    with pytest.raises(SystemExit) as info:
+      with cli.one_line_errors():
+        raise error
+    assert info.value.code == code
+  lines = capsys.readouterr().err.splitlines()
+  assert lines == ["error: config.x: bad; fix it.",
+                   "error: Non-finite metrics",
+                   "error: Permission denied: /w/metrics.jsonl; check the "
+                   "path's permissions and free space."]
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(1)
+  try:
+    with pytest.raises(ConfigError):
+      with cli.one_line_errors():
+        raise ConfigError("config.x: bad; fix it.")
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  with pytest.raises(SystemExit) as info:  # a bug: traceback, then one line
+    with cli.one_line_errors():
+      raise KeyError("oops")
+  err = capsys.readouterr().err
+  assert info.value.code == 1 and "Traceback" in err
+  assert err.splitlines()[-1].startswith("error: unexpected KeyError (a bug")
