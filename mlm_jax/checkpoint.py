@@ -270,12 +270,15 @@ class Checkpointer:
 
   def _failed(self, cause: Exception | None) -> CheckpointSaveError:
     """The one-line error of a failed save; its leftovers are removed."""
-    step = self._pending[-1]
-    self._pending.clear()
+    # The first save not written: a later save may be what found it failed.
+    step = next((s for s in self._pending
+                 if not (self.directory / str(s)).is_dir()), self._pending[-1])
+    pending, self._pending = self._pending, []
     self._failures += 1
     self._manager.reload()
     if jax.process_index() == 0:
-      for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+      for tmp in [t for s in pending
+                  for t in self.directory.glob(f"{s}.orbax-checkpoint-tmp*")]:
         try:
           tmp.rmtree()
         except OSError:
