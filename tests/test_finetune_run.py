@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs_loader import load_config
+from configs_loader import override
 from mlm_jax.errors import ConfigError
 from mlm_jax.finetune import run
 from test_train import ROOT
@@ -142,12 +143,8 @@ def _launch(workdir, *flags):
 def _in_process(workdir, *flags):
   """What `_launch` runs, called here: the error the launcher would print
   as its one line (it does so for ConfigError and FileNotFoundError)."""
-  cfg = load_config("runlocal", name="finetune")
-  cfg.train.seeds = "0"
-  for flag in flags:
-    field, value = flag.removeprefix("--config.").split("=", 1)
-    section, name = field.split(".")
-    cfg[section][name] = type(cfg[section][name])(value)
+  cfg = override(load_config("runlocal", name="finetune"),
+                 ["--config.train.seeds=0", *flags])
   with pytest.raises((ConfigError, FileNotFoundError)) as raised:
     run.finetune(cfg, str(workdir))
   return str(raised.value)
