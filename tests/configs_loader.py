@@ -15,3 +15,19 @@ def config_module(name: str = "bert") -> types.ModuleType:
 
 def load_config(arg: str | None = None, name: str = "bert"):
   return config_module(name).get_config(arg)
+
+
+def override(config, flags):
+  """Applies `--config.a.b=value` flags to `config` in place, each value
+  read as its field's type, as a launcher's --config overrides are: for
+  tests that call in process what a launcher would run."""
+  for flag in flags:
+    path, value = flag.removeprefix("--config.").split("=", 1)
+    *blocks, name = path.split(".")
+    block = config
+    for b in blocks:
+      block = block[b]
+    kind = type(block[name])
+    block[name] = (value.lower() in ("true", "1") if kind is bool
+                   else kind(value))
+  return config

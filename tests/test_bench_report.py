@@ -16,6 +16,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 QUICK = report.Settings(steps=2, repeats=2)
 
+# The tests time the same small config's steps again (the baseline of the
+# objectives is the first run's step): load them instead of compiling.
+# Compile times are recorded, never checked, here.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 
 def small_config():
   cfg = load_config("size=tiny,runlocal")
@@ -25,6 +30,15 @@ def small_config():
 
 def quick(**settings):
   return dataclasses.replace(QUICK, **settings)
+
+
+@pytest.fixture
+def fixed_peak(monkeypatch):
+  """A fixed matmul peak: measuring it (a 2048^3 matmul, best of 5, then
+  sampled around every repeat) is not what these tests check."""
+  from mlm_jax.bench import timing
+  monkeypatch.setattr(timing, "matmul_peak_flops",
+                      lambda n=2048, repeats=5: 1e11)
 
 
 def record(kind, size, tokens_per_s, **fields):
@@ -69,7 +83,7 @@ def test_the_mfu_bound_shows_where_it_was_measured():
       ("ours", "0.50", "0.81"), ("flax", "0.50", ""), ("ours", "0.50", "")]
 
 
-def test_run_appends_records_and_rewrites_the_table(tmp_path):
+def test_run_appends_records_and_rewrites_the_table(tmp_path, fixed_peak):
   cfg = small_config()
   first = report.run(cfg, str(tmp_path), QUICK)
   assert rows(first)[0][:3] == ["tiny", "4 x 32", "ours"]
@@ -126,7 +140,8 @@ def test_unknown_peer_allocator_is_a_config_error():
                    quick(peers=("flax",), peer_allocator="hoard"))
 
 
-def test_objectives_are_timed_interleaved_against_the_configs_own(tmp_path):
+def test_objectives_are_timed_interleaved_against_the_configs_own(
+    tmp_path, fixed_peak):
   table = report.run(small_config(), str(tmp_path), quick(
       objectives=("span", "nsp", "electra"), repeats=3, steps=1))
   records = [json.loads(line) for line in
@@ -159,11 +174,9 @@ def test_objective_variants_set_what_each_needs():
     report.measure(small_config(), quick(objectives=("nsp", "bart")))
 
 
-def test_finetune_times_the_classification_step(tmp_path, monkeypatch):
+def test_finetune_times_the_classification_step(tmp_path, fixed_peak):
   from mlm_jax.bench import finetune
   from mlm_jax.bench import timing
-  monkeypatch.setattr(timing, "matmul_peak_flops",
-                      lambda n=2048, repeats=5: 1e11)
   cfg = small_config()
   table = report.run(cfg, str(tmp_path), quick(finetune=True))
   (r,) = [json.loads(line) for line in

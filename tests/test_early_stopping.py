@@ -1,9 +1,13 @@
-"""Best checkpoint and early stopping: the pure rule, and the launcher
-stopping where an uninterrupted run would after a resume."""
+"""Best checkpoint and early stopping: the pure rule, and a run stopping
+where an uninterrupted one would after a resume."""
+import logging
+
 import pytest
 
+from configs_loader import load_config
+from configs_loader import override
 from mlm_jax import early_stopping as es
-from test_train import launch, records
+from test_train import TINY, records
 
 
 def _run(losses, patience, min_delta=0.0):
@@ -79,25 +83,42 @@ STOP = ["--config.optim.lr=0.3", "--config.train.eval_every=2",
         "--config.train.early_stopping_min_delta=100"]
 
 
+def _train(work, cache_dir, caplog, *flags):
+  """What test_train's `launch` runs (the launcher and its resume there),
+  called in this process: a new process a launch would not tell this test
+  more (2 launches' start-up, ~6 s). Returns the run's log."""
+  from mlm_jax import train
+  cfg = override(load_config("size=tiny,runlocal"), [
+      f"--config.data.cache_dir={cache_dir}", *TINY, *flags])
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(cfg, str(work))
+  return caplog.text
+
+
+# The second and third runs compile the programs of the first (evaluation)
+# and second (all): load them.
+@pytest.mark.usefixtures("compilation_cache")
 def test_resumed_run_stops_where_an_uninterrupted_one_would(tmp_path,
-                                                            cache_dir):
+                                                            cache_dir, caplog):
   work = tmp_path / "run"
   # Interrupted after 4 steps (1 stale evaluation), then resumed.
-  launch(work, cache_dir, *STOP, "--config.train.num_steps=4")
-  proc = launch(work, cache_dir, *STOP, "--config.train.num_steps=20")
+  _train(work, cache_dir, caplog, *STOP, "--config.train.num_steps=4")
+  log = _train(work, cache_dir, caplog, *STOP, "--config.train.num_steps=20")
   evals = {r["step"]: r["eval_loss"] for r in records(work)
            if "eval_loss" in r}
   # Evaluations 2 (best), 4, 6, 8 (3 stale): stop at 8, not at 12 as a run
   # that forgot its counters would.
   assert sorted(evals) == [2, 4, 6, 8]
-  assert "Stopped early at step 8" in proc.stderr
+  assert "Resumed from the checkpoint of step 4" in log
+  assert "Stopped early at step 8" in log
   best = min(evals, key=evals.get)
   assert [p.name for p in (work / "best").iterdir()] == [str(best)]
   assert [p.name for p in (work / "checkpoints").iterdir()
           if p.name.isdigit()] == ["8"]
   assert [r["step"] for r in records(work) if "best_step" in r] == [best]
-  assert f"best checkpoint: {work / 'best' / str(best)}" in proc.stderr
-  # A stopped run launched again says so and trains no further.
-  proc = launch(work, cache_dir, *STOP, "--config.train.num_steps=20")
-  assert "Stopped early at step 8" in proc.stderr
+  assert f"best checkpoint: {work / 'best' / str(best)}" in log
+  # A stopped run started again says so and trains no further.
+  log = _train(work, cache_dir, caplog, *STOP, "--config.train.num_steps=20")
+  assert "Stopped early at step 8" in log
   assert max(r["step"] for r in records(work)) == 8

@@ -4,26 +4,39 @@ with the run's tokenizer; bad input in one line.
 """
 import json
 import math
+import shutil
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from test_train import ROOT, TINY, launch, records
+from test_train import ROOT, records
 
 from mlm_jax import evaluation
 from mlm_jax import objectives
 from mlm_jax import pretrained
 
-EVAL_BATCHES = int(next(a for a in TINY if "eval_batches" in a).split("=")[1])
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, cache_dir):
+def run(tmp_path_factory, pretrained_run):
+  """A copy of the session's tiny pre-training run (4 devices, checkpoints
+  and evaluations at two steps), which the launcher writes its reports
+  into; launching a run of its own here cost ~12 s."""
   work = tmp_path_factory.mktemp("evaluation") / "run"
-  launch(work, cache_dir)
+  shutil.copytree(pretrained_run, work)
   return work
+
+
+def steps(run):
+  """The run's checkpoint steps, each with its logged evaluation."""
+  return sorted(int(p.name) for p in (run / "checkpoints").iterdir()
+                if p.name.isdigit())
+
+
+def eval_batches(run):
+  return json.loads((run / "config.json").read_text())["train"][
+      "eval_batches"]
 
 
 def evaluate(*args):
@@ -38,24 +51,25 @@ def logged_eval(run, step):
 
 
 def test_launcher_reproduces_the_logged_evaluation(run):
-  proc = evaluate("--workdir", run, "--checkpoint", 4,
-                  "--max_batches", EVAL_BATCHES)
+  first, batches = steps(run)[0], eval_batches(run)
+  proc = evaluate("--workdir", run, "--checkpoint", first,
+                  "--max_batches", batches)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(proc.stdout)
-  logged, m = logged_eval(run, 4), report["metrics"]
+  logged, m = logged_eval(run, first), report["metrics"]
   # Same masks (the eval stream, by example index) and batches as the
-  # run's own evaluation at step 4; only the summation order differs
-  # (one device here, four in the run).
+  # run's own evaluation at its first checkpoint; only the summation order
+  # differs (one device here, four in the run).
   np.testing.assert_allclose(m["loss"], logged["eval_loss"], rtol=1e-6)
   np.testing.assert_allclose(m["mlm_accuracy"], logged["eval_mlm_accuracy"],
                              rtol=1e-6)
   np.testing.assert_allclose(m["mlm_accuracy_at_mask"],
                              logged["eval_mlm_accuracy_at_mask"], rtol=1e-6)
   assert m["mlm_perplexity"] == pytest.approx(math.exp(m["loss"]))
-  assert report["step"] == 4 and report["data"]["splits"] == ["eval"]
-  assert 0 < m["examples"] <= EVAL_BATCHES * report["batch_size"]
+  assert report["step"] == first and report["data"]["splits"] == ["eval"]
+  assert 0 < m["examples"] <= batches * report["batch_size"]
   assert 0 < m["predicted_tokens"] < m["tokens"]
-  written = run / "evaluation" / f"step4-eval-{EVAL_BATCHES}batches.json"
+  written = run / "evaluation" / f"step{first}-eval-{batches}batches.json"
   assert report["output"] == str(written)
   assert json.loads(written.read_text()) == report
 
@@ -64,13 +78,13 @@ def test_same_checkpoint_and_data_give_the_same_figures(run):
   model = pretrained.load(run, "latest")
   data = evaluation.run_data(model)
   examples = data.source("eval")
-  first = evaluation.evaluate(model, examples, max_batches=EVAL_BATCHES)
+  first = evaluation.evaluate(model, examples, max_batches=eval_batches(run))
   assert evaluation.evaluate(model, examples,
-                             max_batches=EVAL_BATCHES) == first
-  logged = logged_eval(run, 8)
+                             max_batches=eval_batches(run)) == first
+  logged = logged_eval(run, steps(run)[-1])
   np.testing.assert_allclose(first["loss"], logged["eval_loss"], rtol=1e-6)
   # A mask depends on the example's index, not on its batch: the whole
-  # split in batches of 3 gives the figures of batches of 8, up to the
+  # split in batches of 3 gives the figures of the run's batches, up to the
   # order of the sums.
   whole = evaluation.evaluate(model, examples)
   thirds = evaluation.evaluate(model, examples, batch_size=3)
@@ -87,7 +101,9 @@ def test_perplexity_names_the_objective_term(run):
   objective = objectives.build(config, model.tokenizer.word_starts())
   electra = pretrained.Pretrained(
       config=config, objective=objective, tokenizer=model.tokenizer,
-      params=objective.init(jax.random.key(0), config.data.seq_len),
+      # Jitted: eagerly, each of its ops compiled apart (~6 s).
+      params=jax.jit(objective.init, static_argnums=1)(
+          jax.random.key(0), config.data.seq_len),
       step=0, path=model.path)
   out = evaluation.evaluate(electra, evaluation.run_data(model).source("eval"),
                             max_batches=1)
@@ -133,7 +149,7 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
       (): "--workdir is required",
       ("--workdir", tmp_path / "nowhere"): "does not exist",
       ("--workdir", run, "--checkpoint", 5): "no checkpoint at step 5; it "
-                                             "has steps 4, 8",
+          "has steps " + ", ".join(map(str, steps(run))),
       ("--workdir", run, "--data_source", "files"): "needs --data_files",
       ("--workdir", run, "--data_files", "x.txt"): "add --data_source=files",
       ("--workdir", run, "--split", "train", "--data_source", "files",

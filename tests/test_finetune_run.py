@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from configs_loader import load_config
+from configs_loader import override
+from mlm_jax.errors import ConfigError
 from mlm_jax.finetune import run
 from test_train import ROOT
+
+# Runs of one task share programs (prediction for every seed; the same
+# seed again with early stopping): load them instead of compiling again.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def _config(pretrained_run, cache_dir, arg="runlocal", **task):
@@ -72,9 +78,11 @@ def test_each_kind_from_local_files(tmp_path, pretrained_run, cache_dir):
                 f"{sentence(rng.choice(pos if y else neg))},{int(x and y)}")
   for split in ("train", "dev"):
     _write(tmp_path / f"pairs_{split}.csv", "\n".join(rows) + "\n")
+  # One batch length for pairs and regression: each seed compiles its step
+  # once, not once per bucket (bucketing: the offline task and tagging).
   cfg = _config(pretrained_run, cache_dir, source="csv",
                 path_or_name=str(tmp_path / "pairs_{split}.csv"),
-                text_columns="a,b", kind="classification")
+                text_columns="a,b", kind="classification", num_buckets=1)
   cfg.train.num_epochs = 3
   r = run.finetune(cfg, str(tmp_path / "pairs"))["seeds"][0]
   assert {"dev_accuracy", "dev_f1"} <= set(r)
@@ -89,7 +97,7 @@ def test_each_kind_from_local_files(tmp_path, pretrained_run, cache_dir):
   _write(tmp_path / "reg_dev.jsonl", "\n".join(lines[:60]) + "\n")
   cfg = _config(pretrained_run, cache_dir, source="jsonl",
                 path_or_name=str(tmp_path / "reg_{split}.jsonl"),
-                label_column="score", kind="regression")
+                label_column="score", kind="regression", num_buckets=1)
   cfg.train.num_epochs, cfg.train.scores = 3, "pearson,spearman"
   cfg.train.seeds = "0,1"
   results = run.finetune(cfg, str(tmp_path / "reg"))
@@ -132,6 +140,16 @@ def _launch(workdir, *flags):
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
+def _in_process(workdir, *flags):
+  """What `_launch` runs, called here: the error the launcher would print
+  as its one line (it does so for ConfigError and FileNotFoundError)."""
+  cfg = override(load_config("runlocal", name="finetune"),
+                 ["--config.train.seeds=0", *flags])
+  with pytest.raises((ConfigError, FileNotFoundError)) as raised:
+    run.finetune(cfg, str(workdir))
+  return str(raised.value)
+
+
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, pretrained_run,
                                                   cache_dir):
   ok = f"--config.init.checkpoint={pretrained_run}"
@@ -161,11 +179,16 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, pretrained_run,
                        f"--config.task.dev={bad_conll}", ok, cache],
       "empty": files(train, empty),
   }
+  # The launcher, as a user runs it, on one of them (3 s a launch) ...
+  work = tmp_path / "work"
+  proc = _launch(work, *cases["the training split never had"])
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert lines[-1].startswith("error: ") and (
+      "the training split never had" in lines[-1]), lines[-3:]
+  assert not work.exists()
+  # ... and what it calls on every one: an error it prints as one line.
   for phrase, flags in cases.items():
-    work = tmp_path / "work"
-    proc = _launch(work, *flags)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, (phrase, proc.stderr[-2000:])
-    assert lines[-1].startswith("error: ") and phrase in lines[-1], (
-        phrase, lines[-3:])
+    message = _in_process(work, *flags)
+    assert phrase in message and "\n" not in message, (phrase, message)
     assert not work.exists(), phrase

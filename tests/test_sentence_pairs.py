@@ -153,11 +153,12 @@ def test_pair_objectives_need_pairs_packing(name):
 def test_pooled_classifier_loss_counts_pairs_only():
   batch = _pairs(np.random.default_rng(6), 8, pad_rows=3)
   objective = _objective(sop.SentenceOrder)
-  params = objective.init(jax.random.key(0), L)
+  # Jitted: eagerly, each of ~450 ops compiled apart (10 s).
+  params = jax.jit(objective.init, static_argnums=1)(jax.random.key(0), L)
   assert {"pooler", "seq_relationship", "bert", "transform",
           "output_bias"} <= set(params)
-  corrupted = objective.corrupt(batch, masking.stream_key(0, 0))
-  m = objective.metrics(params, corrupted)
+  corrupted = jax.jit(objective.corrupt)(batch, masking.stream_key(0, 0))
+  m = jax.jit(objective.metrics)(params, corrupted)
   assert float(m["sop_loss"][1]) == 5  # the 3 padding rows have no pair
   # At init the classifier is near chance: loss ~ ln 2 per pair.
   assert abs(float(m["sop_loss"][0] / m["sop_loss"][1]) - math.log(2)) < 0.2

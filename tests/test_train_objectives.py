@@ -13,6 +13,9 @@ import pytest
 from configs_loader import load_config
 from mlm_jax import train
 
+# Each resume compiles its run's programs again: load them instead.
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 VARIANTS = ["objective=nsp", "objective=sop", "objective=electra",
             "objective=prefix_lm", "objective=causal_lm",
             "masking=whole_word", "masking=span"]
