@@ -11,9 +11,10 @@ save, so a signal interrupts at once (`Interrupted` raised from the handler).
 A second Ctrl-C while the loop finishes its step and saves exits at once
 without saving: the previous checkpoint is intact, as after `kill -9`.
 
-Handlers are installed only while a `Watch` is open, and only from the main
-thread (Python delivers signals there); elsewhere (a notebook's worker
-thread) the watch is inert and signals keep their usual effect.
+Handlers are installed only while a `Watch` is open, only from the main
+thread (Python delivers signals there; elsewhere, e.g. a notebook's worker
+thread, the watch is inert), and never over a signal that is ignored (a
+background job's SIGINT).
 """
 from __future__ import annotations
 
@@ -89,7 +90,10 @@ class Watch:
     if (self._enabled
         and threading.current_thread() is threading.main_thread()):
       for signum in SIGNALS:
-        self._previous[signum] = signal.signal(signum, self._handle)
+        # An ignored signal stays ignored: a background job (`... &`,
+        # nohup) is not meant to stop on the terminal's Ctrl-C.
+        if signal.getsignal(signum) != signal.SIG_IGN:
+          self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def __exit__(self, *exc) -> None:

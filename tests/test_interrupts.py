@@ -12,14 +12,31 @@ from mlm_jax import interrupts
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def default_sigint():
+  """A child with SIGINT's default action, even from a background job."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(code):
   return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
                         capture_output=True, text=True, timeout=60,
-                        env={**os.environ, "PYTHONPATH": ROOT})
+                        env={**os.environ, "PYTHONPATH": ROOT},
+                        preexec_fn=default_sigint)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_before_the_loop_a_signal_interrupts_at_once(signum):
+  # As in a foreground shell (a background job starts with SIGINT ignored,
+  # which Watch leaves alone).
+  previous = signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM
+                           else signal.default_int_handler)
+  try:
+    _interrupts_at_once(signum)
+  finally:
+    signal.signal(signum, previous)
+
+
+def _interrupts_at_once(signum):
   with interrupts.Watch() as watch:
     with pytest.raises(interrupts.Interrupted) as info:
       os.kill(os.getpid(), signum)
@@ -55,6 +72,17 @@ def test_in_the_loop_a_signal_is_a_request_and_a_second_ctrl_c_exits_now():
   lines = proc.stderr.strip().splitlines()
   assert "SIGTERM received: finishing this step" in proc.stderr
   assert lines[-1].startswith("Second interrupt: exiting now without saving")
+
+
+def test_an_ignored_signal_stays_ignored():
+  """`nohup ... &`: a background job ignores SIGINT, and so does its run."""
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with interrupts.Watch():
+      assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+      assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_disabled_or_off_the_main_thread_it_installs_nothing():

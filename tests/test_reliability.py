@@ -251,7 +251,10 @@ class Launch:
         [sys.executable, PRETRAIN, "--config", BERT,
          f"--config.data.cache_dir={cache}", *TINY, *LONG, "--workdir",
          str(work), *extra], stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "XLA_FLAGS": ""})
+        env={**os.environ, "XLA_FLAGS": ""},
+        # SIGINT as in a foreground shell, even when the tests run as a
+        # background job (which starts with SIGINT ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     self.lines = []
 
   def wait_for(self, pattern):
@@ -370,14 +373,15 @@ def test_one_line_errors_and_the_verbosity_flag(monkeypatch, capsys):
                    "error: Non-finite metrics",
                    "error: Permission denied: /w/metrics.jsonl; check the "
                    "path's permissions and free space."]
-  verbosity = absl_logging.get_verbosity()
+  logger = absl_logging.get_absl_logger()
+  level = logger.level  # NOTSET in tests: restored as it was, not as -v 0
   absl_logging.set_verbosity(1)
   try:
     with pytest.raises(ConfigError):
       with cli.one_line_errors():
         raise ConfigError("config.x: bad; fix it.")
   finally:
-    absl_logging.set_verbosity(verbosity)
+    logger.setLevel(level)
   with pytest.raises(SystemExit) as info:  # a bug: traceback, then one line
     with cli.one_line_errors():
       raise KeyError("oops")
