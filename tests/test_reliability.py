@@ -116,6 +116,10 @@ def catalogue(tmp, cache, pretrained):
       Case("negative max_to_keep", [*pre, "--workdir", str(fresh),
            "--config.train.max_to_keep=-1"], 2,
            r"config\.train\.max_to_keep: -1 is negative", [fresh]),
+      Case("batch not divisible by the devices", [*pre, "--workdir",
+           str(fresh), "--config.train.batch_size=6"], 2,
+           r"config\.train\.batch_size: 6 is not divisible by the 4 devices; "
+           r"use a multiple of 4\.$", [fresh]),
       Case("unknown config field", [*pre, "--workdir", str(fresh),
            "--config.train.lr=1"], 2, r"has no field 'lr'", [fresh]),
       Case("wrong type of value", [*pre, "--workdir", str(fresh),

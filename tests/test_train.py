@@ -130,25 +130,6 @@ def test_prepare_data_then_pretrain_reuses_it(tmp_path, cache_dir):
       "'stream')" in proc.stderr.splitlines()[-1]
 
 
-def test_launcher_bad_input_is_one_line(tmp_path, cache_dir):
-  proc = launch(tmp_path / "w", cache_dir, "--config.train.batch_size=6",
-                check=False)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1] == (
-      "error: config.train.batch_size: 6 is not divisible by the 4 devices; "
-      "use a multiple of 4.")
-  proc = launch(tmp_path / "w", cache_dir, "--config.model.hidden=3",
-                check=False)
-  assert proc.returncode == 2
-  assert "the config has no field 'hidden'" in proc.stderr.splitlines()[-1]
-  (tmp_path / "a_file").write_text("")
-  proc = launch(tmp_path / "a_file", cache_dir, check=False)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines() == [
-      f"error: --workdir {tmp_path / 'a_file'} is a file, not a directory; "
-      "name a new or existing directory."]
-
-
 def test_in_process_jit_run_learns(tmp_path, cache_dir):
   # The library entry point, as a notebook would call it: jit over the
   # 4-device mesh with parameters sharded over 2 of them.
