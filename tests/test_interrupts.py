@@ -28,12 +28,14 @@ def run(code):
 def test_before_the_loop_a_signal_interrupts_at_once(signum):
   # As in a foreground shell (a background job starts with SIGINT ignored,
   # which Watch leaves alone).
-  previous = signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM
-                           else signal.default_int_handler)
+  previous = {signal.SIGINT: signal.signal(signal.SIGINT,
+                                           signal.default_int_handler),
+              signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
   try:
     _interrupts_at_once(signum)
   finally:
-    signal.signal(signum, previous)
+    for s, handler in previous.items():
+      signal.signal(s, handler)
 
 
 def _interrupts_at_once(signum):
