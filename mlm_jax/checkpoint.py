@@ -24,6 +24,7 @@ background; `check_saves` (cheap, called every step) raises
 are deleted only after a newer step is written, so a failing save never costs
 the checkpoint before it.
 """
+import os
 import re
 import time
 from typing import Any, NamedTuple
@@ -106,9 +107,9 @@ def _cause(e: Exception | None) -> str:
   if e is None:
     return "the step was not written (see the log above)"
   text = str(e)
-  os_error = re.search(r"Failed to write [^:]*: ([^\[]+?)\s*\[os_error", text)
+  os_error = re.search(r"os_error_code='?(\d+)", text)  # tensorstore's
   if os_error:
-    return os_error.group(1)
+    return os.strerror(int(os_error.group(1)))
   if isinstance(e, OSError) and e.strerror:
     return f"{e.strerror}{f' ({e.filename})' if e.filename else ''}"
   return _brief(e)

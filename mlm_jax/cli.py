@@ -254,11 +254,17 @@ def _exit(message: str, code: int) -> None:
   at once: the interpreter's shutdown would print their errors after ours.
   The caller's `with` blocks have closed the run (checkpoints waited for).
   """
+  others = threading.active_count() > 1
+  if others:
+    # No thread may log after the line: new records are dropped, and a
+    # record being written finishes first (its handler's lock is taken).
+    logging.disable(logging.CRITICAL)
+    for handler in logging.getLogger().handlers:
+      handler.acquire()
   sys.stdout.flush()
   sys.stderr.write(f"{message}\n")
   sys.stderr.flush()
-  if threading.active_count() > 1:
-    logging.shutdown()
+  if others:
     os._exit(code)  # pylint: disable=protected-access
   raise SystemExit(code)
 
